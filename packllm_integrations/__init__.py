@@ -1,0 +1,44 @@
+"""PackLLM test-time fusion of causal language models.
+
+The engine (:class:`PackEngine`) is framework-free; adapters for LangChain and LlamaIndex
+live in :mod:`packllm_integrations.langchain` and :mod:`packllm_integrations.llama_index`.
+
+Example:
+    >>> from packllm_integrations import PackEngine
+    >>> engine = PackEngine.from_models()  # the default pack  # doctest: +SKIP
+    >>> print(engine.generate("def fibonacci(n):", max_new_tokens=48).text)  # doctest: +SKIP
+"""
+
+from .catalog import CATALOG, DEFAULT_PACK
+from .config import GenerationConfig
+from .engine import PackEngine, Prompt
+from .errors import ConfigError, ModelLoadError, ModelNotFoundError, PackLLMError, PromptError, PromptTooLongError
+from .events import FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
+from .loading import MemberSpec, load_member, load_pack
+from .members import Member
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_PACK",
+    "ConfigError",
+    "FinishEvent",
+    "GenerationConfig",
+    "GenerationResult",
+    "Member",
+    "MemberSpec",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "PackEngine",
+    "PackLLMError",
+    "Prompt",
+    "PromptError",
+    "PromptTooLongError",
+    "ScoreResult",
+    "TextEvent",
+    "Usage",
+    "WeightsEvent",
+    "load_member",
+    "load_pack",
+]

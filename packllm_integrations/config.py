@@ -1,0 +1,110 @@
+"""The request configuration: one frozen dataclass, validated where it is built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+from .weighting import STRATEGIES
+
+__all__ = ["GenerationConfig"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to weight the members and how to decode.
+
+    Every field can be overridden per call (``engine.generate(prompt, temperature=0.7)``).
+
+    Example:
+        >>> GenerationConfig(max_new_tokens=32, weighting="opt").max_new_tokens
+        32
+        >>> GenerationConfig(top_p=1.5)
+        Traceback (most recent call last):
+        ...
+        packllm_integrations.errors.ConfigError: top_p=1.5 is invalid: expected a number in (0, 1]
+    """
+
+    max_new_tokens: int = 256
+    """Most tokens to generate (reference-vocabulary tokens)."""
+    temperature: float = 0.0
+    """0 means greedy decoding; above 0, sampling at that temperature."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens (0: no limit)."""
+    top_p: float = 1.0
+    """Sample only among the most likely tokens whose probability reaches top_p (1: no limit)."""
+    seed: int | None = None
+    """Seed of the sampler: the same seed gives the same output."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation ends before the first one, which is never returned."""
+    weighting: str = "sim"
+    """Fusion weights: 'sim', 'opt', 'uniform', 'top1' or 'fixed' (needs ``weights``)."""
+    tau: float = 1.0
+    """Temperature of 'sim' weighting (softmax of minus log-perplexity over tau)."""
+    weights: tuple[float, ...] | None = None
+    """Member weights for 'fixed' weighting, in member order (renormalised)."""
+    reference: str | None = None
+    """Member whose vocabulary the fused distribution uses; None: per prompt, the member
+    with the lowest prompt perplexity (the authors' rule)."""
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_number("temperature", self.temperature, "a number >= 0", lambda v: v >= 0)
+        _check_int("top_k", self.top_k, 0)
+        _check_number("top_p", self.top_p, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        _check_number("tau", self.tau, "a number > 0", lambda v: v > 0)
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ConfigError("seed", self.seed, "an integer or None")
+        stop = self.stop
+        if isinstance(stop, str):
+            stop = (stop,)
+        if stop is None:
+            stop = ()
+        if not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop):
+            raise ConfigError("stop", self.stop, "a string or a list of non-empty strings")
+        object.__setattr__(self, "stop", tuple(stop))
+        if self.weighting not in STRATEGIES:
+            raise ConfigError("weighting", self.weighting, f"one of {', '.join(STRATEGIES)}")
+        if self.weights is not None:
+            if isinstance(self.weights, (str, bytes)) or not isinstance(self.weights, Sequence):
+                raise ConfigError("weights", self.weights, "a list of numbers, one per member")
+            values = []
+            for w in self.weights:
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                    raise ConfigError("weights", self.weights, "finite numbers >= 0")
+                values.append(float(w))
+            if not sum(values) > 0:
+                raise ConfigError("weights", self.weights, "numbers with a positive sum")
+            object.__setattr__(self, "weights", tuple(values))
+        if self.weighting == "fixed" and self.weights is None:
+            raise ConfigError("weights", None, "a list of member weights when weighting='fixed'")
+        if self.weights is not None and self.weighting != "fixed":
+            raise ConfigError("weighting", self.weighting, "'fixed' when weights are given")
+        if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
+            raise ConfigError("reference", self.reference, "a member name or None")
+
+    def merged(self, **overrides: Any) -> GenerationConfig:
+        """A copy with ``overrides`` applied (None values are ignored); unknown names raise."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(unknown[0], overrides[unknown[0]], f"a known setting ({', '.join(sorted(known))})")
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "weights" in changes and "weighting" not in changes:
+            changes["weighting"] = "fixed"
+        if changes.get("weighting", "fixed") != "fixed" and "weights" not in changes:
+            changes["weights"] = None
+        return replace(self, **changes) if changes else self
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, value, f"an integer >= {minimum}")
+
+
+def _check_number(name: str, value: Any, expected: str, ok: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(name, value, expected)

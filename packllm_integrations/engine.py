@@ -1,0 +1,249 @@
+"""The public engine: a pack of members, fused at decoding time (framework-free).
+
+Example:
+    >>> from packllm_integrations import PackEngine
+    >>> engine = PackEngine.from_models(["smollm2-135m", "gemma3-270m"])  # doctest: +SKIP
+    >>> result = engine.generate("The capital of France is", max_new_tokens=8)  # doctest: +SKIP
+    >>> result.text, result.weights  # doctest: +SKIP
+    (' Paris...', {'smollm2-135m': 0.41, 'gemma3-270m': 0.59})
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from .alignment import VocabMap, vocab_map
+from .config import GenerationConfig
+from .decoding import Session, score_batch
+from .errors import ConfigError, PromptError
+from .events import Event, FinishEvent, GenerationResult, ScoreResult, WeightsEvent
+from .members import Member
+
+__all__ = ["PackEngine", "Prompt"]
+
+Prompt = str | Sequence[Mapping[str, str]]
+"""A raw text prompt (given to every member as is), or chat messages
+(``[{"role": "user", "content": "..."}]``) that each member renders with its own template."""
+
+
+class PackEngine:
+    """A pack of causal LMs fused at test time with PackLLM.
+
+    Args:
+        members: the pack's members (see :class:`Member`, or build them with
+            :meth:`from_models`).
+        config: the default :class:`GenerationConfig`; each call may override any field.
+        progress: show progress bars for long one-off work (vocabulary maps).
+        **overrides: fields of the default config, e.g. ``weighting="opt"``.
+
+    One engine is safe to share between threads: each request runs in its own session.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        config: GenerationConfig | None = None,
+        *,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> None:
+        members = list(members)
+        if not members:
+            raise ConfigError("members", members, "at least one member")
+        for m in members:
+            if not isinstance(m, Member):
+                raise ConfigError("members", type(m).__name__, "Member objects (see packllm_integrations.Member)")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ConfigError("members", names, "members with distinct names")
+        self.members: tuple[Member, ...] = tuple(members)
+        self.progress = progress
+        self._maps: dict[tuple[int, int], VocabMap | None] = {}
+        self._lock = threading.Lock()
+        self._fingerprints = [m.tokenizer_fingerprint for m in members]
+        self.config = self._checked((config or GenerationConfig()).merged(**overrides))
+
+    @classmethod
+    def from_models(
+        cls,
+        models: Sequence[Any] | None = None,
+        config: GenerationConfig | None = None,
+        *,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> PackEngine:
+        """Load members from specs (catalog names, folders, GGUF files; see :func:`load_pack`).
+
+        Without ``models`` the default pack is loaded (``packllm models`` lists it).
+        """
+        from .loading import load_pack
+
+        return cls(load_pack(models, progress=progress), config, progress=progress, **overrides)
+
+    # ---- facts ------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """The members' names, in pack order."""
+        return [m.name for m in self.members]
+
+    @property
+    def context_window(self) -> int:
+        """The longest prompt plus output the pack accepts (the smallest member's window)."""
+        return min(m.context_window for m in self.members)
+
+    @property
+    def shared_vocabulary(self) -> bool:
+        """Whether every member uses the same tokenizer (no alignment needed)."""
+        return len(set(self._fingerprints)) == 1
+
+    def reference_member(self, config: GenerationConfig | None = None) -> Member:
+        """The configured reference member, else the first member (for counting tokens)."""
+        index = self._reference_index(config or self.config)
+        return self.members[index or 0]
+
+    def vocab_map(self, reference: int, member: int) -> VocabMap | None:
+        """The vocabulary map from member ``reference`` to member ``member`` (None: same vocabulary)."""
+        key = (reference, member)
+        if key not in self._maps:
+            if self._fingerprints[reference] == self._fingerprints[member]:
+                value = None
+            else:
+                ref, mem = self.members[reference], self.members[member]
+                value = vocab_map(ref.tokenizer, mem.tokenizer, mem.logits_width, progress=self.progress)
+            with self._lock:
+                self._maps[key] = value
+        return self._maps[key]
+
+    # ---- configuration --------------------------------------------------------------------------
+
+    def resolve(self, config: GenerationConfig | None = None, **overrides: Any) -> GenerationConfig:
+        """The config of one call: ``config`` (or the engine's) with ``overrides`` applied."""
+        return self._checked((config or self.config).merged(**overrides))
+
+    def _checked(self, config: GenerationConfig) -> GenerationConfig:
+        if config.weights is not None and len(config.weights) != len(self.members):
+            raise ConfigError("weights", list(config.weights), f"{len(self.members)} numbers, one per member")
+        self._reference_index(config)
+        return config
+
+    def _reference_index(self, config: GenerationConfig) -> int | None:
+        if config.reference is None:
+            return None
+        if config.reference not in self.names:
+            raise ConfigError("reference", config.reference, f"a member name ({', '.join(self.names)}) or None")
+        return self.names.index(config.reference)
+
+    def _texts(self, prompt: Any, parameter: str = "prompt") -> list[str]:
+        """The prompt as each member reads it."""
+        if isinstance(prompt, str):
+            return [prompt] * len(self.members)
+        if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+            messages = []
+            for m in prompt:
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise PromptError(parameter, m, "chat messages with string 'role' and 'content'")
+                messages.append({"role": m["role"], "content": m["content"]})
+            return [member.render_chat(messages) for member in self.members]
+        raise PromptError(parameter, prompt, "a string, or a non-empty list of chat messages")
+
+    def _batch(self, prompts: Any) -> list[list[str]]:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+            raise PromptError("prompts", prompts, "a non-empty list of prompts")
+        return [self._texts(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+
+    def session(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any) -> Session:
+        """A new decoding session for a batch of prompts (most callers use the methods below)."""
+        cfg = self.resolve(config, **overrides)
+        return Session(self.members, self.vocab_map, self._batch(prompts), cfg, self._reference_index(cfg))
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> Iterator[Event]:
+        """Generate for one prompt as events: a :class:`WeightsEvent`, :class:`TextEvent` pieces,
+        then a :class:`FinishEvent` holding the :class:`GenerationResult`.
+
+        >>> for event in engine.stream("Once upon a time"):  # doctest: +SKIP
+        ...     if isinstance(event, TextEvent):
+        ...         print(event.text, end="")
+        """
+        return self.stream_batch([prompt], config, **overrides)
+
+    def stream_batch(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+    ) -> Iterator[Event]:
+        """Like :meth:`stream` for a batch decoded together; events carry the prompt's ``index``."""
+        session = self.session(prompts, config, **overrides)
+        return session.events()
+
+    def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
+        """Generate for one prompt; returns text, finish reason, weights, perplexities and usage."""
+        return self.generate_batch([prompt], config, **overrides)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+    ) -> list[GenerationResult]:
+        """Generate for several prompts decoded together (each with its own weights)."""
+        results: dict[int, GenerationResult] = {}
+        for event in self.stream_batch(prompts, config, **overrides):
+            if isinstance(event, FinishEvent):
+                results[event.index] = event.result
+        return [results[i] for i in range(len(results))]
+
+    def weights(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> WeightsEvent:
+        """The fusion weights and prompt perplexities of one prompt, without generating."""
+        return self.weights_batch([prompt], config, **overrides)[0]
+
+    def weights_batch(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+    ) -> list[WeightsEvent]:
+        """The weights of several prompts (one batched prefill per member)."""
+        return self.session(prompts, config, **overrides).prefill()
+
+    # ---- scoring -----------------------------------------------------------------------------
+
+    def score(
+        self,
+        requests: Sequence[tuple[Prompt, str]],
+        config: GenerationConfig | None = None,
+        *,
+        weights_on: str = "context",
+        **overrides: Any,
+    ) -> list[ScoreResult]:
+        """Fused log-likelihoods of ``(context, continuation)`` pairs, batched.
+
+        The continuation's tokens are those the reference tokenizer gives the joined text
+        after the context's. ``weights_on="full"`` computes the weights on context plus
+        continuation, as the authors' code did when scoring options.
+
+        >>> [r.logprob for r in engine.score([("2 + 2 =", " 4"), ("2 + 2 =", " 5")])]  # doctest: +SKIP
+        [-1.2, -4.7]
+        """
+        return self.score_many(requests, [self.resolve(config, **overrides)], weights_on=weights_on)[0]
+
+    def score_many(
+        self,
+        requests: Sequence[tuple[Prompt, str]],
+        configs: Sequence[GenerationConfig],
+        *,
+        weights_on: str = "context",
+    ) -> list[list[ScoreResult]]:
+        """:meth:`score` under several configs (e.g. weightings) from one forward pass per member."""
+        if weights_on not in ("context", "full"):
+            raise ConfigError("weights_on", weights_on, "'context' or 'full'")
+        if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence) or not requests:
+            raise PromptError("requests", requests, "a non-empty list of (context, continuation) pairs")
+        contexts, texts = [], []
+        for i, pair in enumerate(requests):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[1], str):
+                raise PromptError(f"requests[{i}]", pair, "a (context, continuation) pair with a string continuation")
+            ctx = self._texts(pair[0], f"requests[{i}][0]")
+            contexts.append(ctx)
+            texts.append([c + pair[1] for c in ctx])
+        checked = [self._checked(c) for c in configs]
+        refs = {self._reference_index(c) for c in checked}
+        if len(refs) != 1:
+            raise ConfigError("configs", [c.reference for c in checked], "configs that share one reference setting")
+        return score_batch(self.members, self.vocab_map, texts, contexts, checked, refs.pop(), weights_on)

@@ -1,0 +1,101 @@
+"""What the engine returns: stream events and final results (plain frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Usage", "WeightsEvent", "TextEvent", "FinishEvent", "GenerationResult", "ScoreResult", "Event"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts, in the reference vocabulary."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class WeightsEvent:
+    """The fusion weights of one prompt, emitted once, before any text.
+
+    ``prompt_perplexity`` holds the perplexities the weights were computed from (None for
+    every member when the prompt had no token to score; the weights are then uniform).
+    """
+
+    index: int
+    weights: dict[str, float]
+    prompt_perplexity: dict[str, float | None]
+    reference: str
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """A piece of generated text for prompt ``index``."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The outcome of one prompt: its text, why it ended, weights, perplexities and usage."""
+
+    text: str
+    finish_reason: str
+    """'eos' (the reference member's end-of-sequence token), 'stop' (a stop string) or 'length'."""
+    weights: dict[str, float]
+    prompt_perplexity: dict[str, float | None]
+    reference: str
+    usage: Usage
+    index: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """The CLI's JSON object."""
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "weights": self.weights,
+            "prompt_perplexity": self.prompt_perplexity,
+            "reference": self.reference,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The last event of prompt ``index``: its final result."""
+
+    index: int
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The fused log-likelihood of a continuation after a context.
+
+    ``logprob`` is the sum of the continuation tokens' fused log-probabilities (natural log);
+    ``tokens`` their number in the reference vocabulary; ``num_bytes`` the continuation's
+    UTF-8 length; ``is_greedy`` whether greedy decoding would have produced it.
+    """
+
+    logprob: float
+    tokens: int
+    num_bytes: int
+    is_greedy: bool
+    weights: dict[str, float]
+    prompt_perplexity: dict[str, float | None]
+    reference: str
+    token_logprobs: list[float] = field(default_factory=list)
+
+
+Event = WeightsEvent | TextEvent | FinishEvent

