@@ -115,12 +115,18 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
         raise ConfigError("model", spec, "a string or a MemberSpec")
     folder = _resolve_folder(spec, progress)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # reading a cached float32 copy takes seconds: no bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[spec.dtype] or "auto")
     except OSError as exc:
         raise ModelLoadError(f"could not load model {spec.model!r} from {folder}: {exc}") from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(spec.device)
     return Member(name=spec.display_name, model=model, tokenizer=tokenizer)
 

@@ -1,0 +1,213 @@
+"""The ``packllm`` command: fused generation, weights and the model catalog.
+
+Examples::
+
+    packllm generate "The capital of France is"
+    packllm generate --model smollm2-135m --model gemma3-270m --weighting opt --json "def add(a, b):"
+    packllm weights "import numpy as np"
+    packllm models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .catalog import CATALOG, DEFAULT_PACK, is_installed
+from .errors import PackLLMError
+from .weighting import STRATEGIES
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+"""Extra subcommands registered by other modules: name -> function adding its parser.
+The parser must set ``func`` (called with the parsed arguments; returns an exit code)."""
+
+
+def _pack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="SPEC",
+        help="a member: catalog name, model folder or .gguf file, optionally ',name=N,device=D,dtype=T'; "
+        f"repeat for each member (default pack: {', '.join(DEFAULT_PACK)})",
+    )
+    parser.add_argument("--weighting", choices=STRATEGIES, help="fusion weights (default: sim)")
+    parser.add_argument("--weights", help="comma-separated member weights (implies --weighting fixed)")
+    parser.add_argument("--tau", type=float, help="temperature of sim weighting (default 1.0)")
+    parser.add_argument("--reference", help="member whose vocabulary is used (default: lowest prompt perplexity)")
+    parser.add_argument(
+        "--chat", action="store_true", help="render PROMPT as one user message with each member's template"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("prompt", metavar="PROMPT", help="prompt text ('-' reads standard input)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="packllm", description="PackLLM test-time fusion of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text with a fused pack")
+    _pack_options(gen)
+    gen.add_argument("--max-new-tokens", type=int, default=None, help="most tokens to generate (default 256)")
+    gen.add_argument("--temperature", type=float, help="0 (default) is greedy decoding")
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", default=None, metavar="STR", help="a stop string (repeatable)")
+    gen.add_argument("--stream", action="store_true", help="print text as it is generated (with --json: JSON lines)")
+    gen.set_defaults(func=_generate)
+
+    weights = sub.add_parser("weights", help="show a prompt's fusion weights and prompt perplexities")
+    _pack_options(weights)
+    weights.set_defaults(func=_weights)
+
+    models = sub.add_parser("models", help="list the catalog and which bundled models are installed")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+
+    for add in SUBCOMMANDS.values():
+        add(sub)
+    return parser
+
+
+def _prompt(args: argparse.Namespace) -> Any:
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    return [{"role": "user", "content": text}] if args.chat else text
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Check the settings first (a bad value fails in milliseconds), then load the pack."""
+    from .config import GenerationConfig
+    from .engine import PackEngine
+    from .loading import parse_spec
+
+    GenerationConfig().merged(**_overrides(args))
+    specs = [parse_spec(s) for s in args.model or []]
+    return PackEngine.from_models(specs, progress=not args.quiet)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"weighting": args.weighting, "tau": args.tau, "reference": args.reference}
+    if args.weights is not None:
+        try:
+            out["weights"] = tuple(float(w) for w in args.weights.split(","))
+        except ValueError:
+            from .errors import ConfigError
+
+            raise ConfigError("weights", args.weights, "comma-separated numbers, e.g. 0.7,0.3") from None
+    for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
+        out[name] = getattr(args, name, None)
+    return out
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .events import FinishEvent, TextEvent, WeightsEvent
+
+    engine = _engine(args)
+    prompt, overrides = _prompt(args), _overrides(args)
+    if not args.stream:
+        result = engine.generate(prompt, **overrides)
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            print(result.text)
+            _summary(result.weights, result.prompt_perplexity, result.reference)
+        return 0
+    for event in engine.stream(prompt, **overrides):
+        if args.json:
+            if isinstance(event, WeightsEvent):
+                payload = {"event": "weights", "weights": event.weights, "prompt_perplexity": event.prompt_perplexity}
+                print(json.dumps({**payload, "reference": event.reference}, ensure_ascii=False), flush=True)
+            elif isinstance(event, TextEvent):
+                print(json.dumps({"event": "text", "text": event.text}, ensure_ascii=False), flush=True)
+            elif isinstance(event, FinishEvent):
+                print(json.dumps({"event": "result", **event.result.to_dict()}, ensure_ascii=False), flush=True)
+        elif isinstance(event, WeightsEvent):
+            _summary(event.weights, event.prompt_perplexity, event.reference)
+        elif isinstance(event, TextEvent):
+            print(event.text, end="", flush=True)
+        elif isinstance(event, FinishEvent):
+            print(flush=True)
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    event = engine.weights(_prompt(args), **_overrides(args))
+    if args.json:
+        payload = {"weights": event.weights, "prompt_perplexity": event.prompt_perplexity}
+        print(json.dumps({**payload, "reference": event.reference}, ensure_ascii=False))
+    else:
+        width = max(len(n) for n in event.weights)
+        print(f"{'member':<{width}}  {'weight':>8}  {'prompt perplexity':>17}")
+        for name, weight in event.weights.items():
+            ppl = event.prompt_perplexity[name]
+            shown = "n/a" if ppl is None else f"{ppl:.3f}"
+            mark = "  (reference)" if name == event.reference else ""
+            print(f"{name:<{width}}  {weight:>8.4f}  {shown:>17}{mark}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "name": e.name,
+            "installed": is_installed(e.name),
+            "default": e.name in DEFAULT_PACK,
+            "description": e.description,
+            "tokenizer": e.tokenizer_family,
+            "license": e.license,
+            "install": e.install,
+        }
+        for e in CATALOG.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    for row in rows:
+        flags = ("installed" if row["installed"] else "not installed") + (", default pack" if row["default"] else "")
+        print(f"{row['name']}  [{flags}]\n    {row['description']}; tokenizer {row['tokenizer']}; {row['license']}")
+        if not row["installed"]:
+            print(f"    install: {row['install']}")
+    return 0
+
+
+def _summary(weights: dict[str, float], perplexity: dict[str, float | None], reference: str) -> None:
+    parts = []
+    for name, w in weights.items():
+        ppl = perplexity[name]
+        parts.append(f"{name}={w:.3f} (ppl {'n/a' if ppl is None else f'{ppl:.2f}'})")
+    print(f"[weights] {', '.join(parts)}; reference {reference}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for bad input)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _load_plugins()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PackLLMError as exc:
+        print(f"packllm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load_plugins() -> None:
+    """Import modules that register extra subcommands, when their dependencies are installed."""
+    import importlib
+
+    for module in ("packllm_integrations.eval.cli",):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+
+
+if __name__ == "__main__":
+    sys.exit(main())
