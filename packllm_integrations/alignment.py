@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["VocabMap", "token_bytes", "build_vocab_map", "vocab_map", "vocabulary_fingerprint"]
+__all__ = ["VocabMap", "token_bytes", "build_vocab_map", "vocab_map", "vocabulary_fingerprint", "special_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ def token_bytes(tokenizer: Any) -> list[bytes]:
     return out
 
 
-def _special_ids(tokenizer: Any) -> set[int]:
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special and control tokens."""
     ids = {int(i) for i in tokenizer.all_special_ids}
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     ids.update(int(i) for i, tok in decoder.items() if getattr(tok, "special", False))
@@ -126,7 +127,7 @@ def _special_ids(tokenizer: Any) -> set[int]:
 def vocabulary_fingerprint(tokenizer: Any) -> str:
     """A hash of the id -> token table and the special ids: equal means same vocabulary."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    payload = json.dumps([tokens, sorted(_special_ids(tokenizer))], ensure_ascii=False)
+    payload = json.dumps([tokens, sorted(special_ids(tokenizer))], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -198,8 +199,8 @@ def build_vocab_map(reference: Any, member: Any, member_width: int | None = None
     started = time.perf_counter()
     ref_bytes = token_bytes(reference)
     mem_bytes = token_bytes(member)
-    ref_special = _special_ids(reference)
-    mem_special = _special_ids(member)
+    ref_special = special_ids(reference)
+    mem_special = special_ids(member)
     width = member_width or len(member)
     floor = width
     mem_eos = member.eos_token_id if member.eos_token_id is not None else 0

@@ -7,15 +7,14 @@ objects, so tests can pass tiny models made in memory.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import torch
 
+from .alignment import special_ids, vocabulary_fingerprint
 from .errors import ConfigError
 
 __all__ = ["Member"]
@@ -119,18 +118,13 @@ class Member:
 
     @cached_property
     def tokenizer_fingerprint(self) -> str:
-        """A hash of the vocabulary (id -> token string, special flags): equal means same tokenizer."""
-        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-        payload = json.dumps([tokens, sorted(self.special_ids)], ensure_ascii=False)
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+        """A hash of the vocabulary (id -> token string, special ids): equal means same tokenizer."""
+        return vocabulary_fingerprint(self.tokenizer)
 
     @cached_property
     def special_ids(self) -> frozenset[int]:
         """Ids of special and control tokens (never treated as ordinary text)."""
-        ids = set(int(i) for i in self.tokenizer.all_special_ids)
-        decoder = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
-        ids.update(int(i) for i, tok in decoder.items() if getattr(tok, "special", False))
-        return frozenset(i for i in ids if i < len(self.tokenizer))
+        return frozenset(special_ids(self.tokenizer))
 
     @property
     def adds_bos(self) -> bool:

@@ -21,3 +21,22 @@ def bl_b():
 def sp():
     """Tiny member, SentencePiece-style tokenizer with byte fallback and a BOS."""
     return tiny.sentencepiece_member()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny model saved as a Hugging Face folder (what users pass as a local member)."""
+    folder = tmp_path_factory.mktemp("tiny-sp")
+    member = tiny.sentencepiece_member()
+    member.model.save_pretrained(folder)
+    member.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_bl(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("tiny-bl")
+    member = tiny.bytelevel_member()
+    member.model.save_pretrained(folder)
+    member.tokenizer.save_pretrained(folder)
+    return folder

@@ -113,11 +113,11 @@ def _qwen(vocab: int, seed: int, eos: int) -> Qwen2ForCausalLM:
         max_position_embeddings=256,
         eos_token_id=eos,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():
-        model.model.embed_tokens.weight.normal_(0, 0.3)
+        model.lm_head.weight.normal_(0, 0.2)
     return model.eval()
 
 

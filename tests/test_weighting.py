@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from packllm_integrations.errors import ConfigError
+from packllm_integrations.weighting import fixed_weights, opt_weights, sim_weights, top1_weights, uniform_weights
+
+
+def test_sim_with_tau_one_is_inverse_perplexity() -> None:
+    ppl = torch.tensor([10.0, 20.0, 40.0], dtype=torch.float64)
+    w = sim_weights(ppl.log())
+    inv = 1 / ppl
+    assert torch.allclose(w, inv / inv.sum())
+    sharp = sim_weights(ppl.log(), tau=0.1)
+    assert float(sharp[0]) > 0.99
+    with pytest.raises(ConfigError, match="tau"):
+        sim_weights(ppl.log(), tau=0)
+
+
+def test_top1_uniform_fixed() -> None:
+    assert top1_weights(torch.tensor([2.0, 1.0, 1.0])).tolist() == [0.0, 1.0, 0.0]
+    assert uniform_weights(4).tolist() == [0.25] * 4
+    assert fixed_weights([2, 6], 2).tolist() == [0.25, 0.75]
+    for bad in ([1], [1, -1], [0, 0], [math.nan, 1]):
+        with pytest.raises(ConfigError, match="weights"):
+            fixed_weights(bad, 2)
+
+
+def test_opt_picks_the_member_that_explains_the_prompt() -> None:
+    targets = torch.tensor([1, 2, 3, 1])
+    good = torch.full((4, 5), -3.0)
+    good[torch.arange(4), targets] = 3.0
+    noise = torch.zeros(4, 5)
+    w = opt_weights(torch.tensor([0.1, 1.6]), [good, noise], targets)
+    assert w.tolist() == [1.0, 0.0]
+    # two half-right members: the fused distribution beats each alone
+    a = torch.zeros(4, 5)
+    a[[0, 1], targets[:2]] = 4.0
+    b = torch.zeros(4, 5)
+    b[[2, 3], targets[2:]] = 4.0
+    w = opt_weights(torch.tensor([1.0, 1.0]), [a, b], targets)
+    assert w.tolist() == pytest.approx([0.5, 0.5])
+    # weights off the grid come from products of betas
+    w3 = opt_weights(torch.tensor([1.0, 1.0, 1.2]), [a, b, torch.zeros(4, 5)], targets)
+    assert float(w3.sum()) == pytest.approx(1.0)
+
+
+def test_opt_ties_keep_the_smallest_beta() -> None:
+    same = torch.zeros(3, 4)
+    w = opt_weights(torch.tensor([0.5, 0.5]), [same, same.clone()], torch.tensor([0, 1, 2]))
+    assert w.tolist() == [0.0, 1.0]  # beta = 0: all weight to the member visited second
