@@ -112,7 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run, not the reported numbers)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.md"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n = 16 if args.quick else 48
     torch.manual_seed(0)
     members = [never_stop(load_member(name, progress=False)) for name in PACK]

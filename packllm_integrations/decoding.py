@@ -243,7 +243,7 @@ class Session:
     def prefill(self) -> list[WeightsEvent]:
         """Run every member once on the prompts; compute weights; return one event per prompt."""
         members, k_count = self.members, len(self.members)
-        plans, reused, _ = plan_prompts(members, self.maps, self.texts, self.reference)
+        plans, reused, own_nll = plan_prompts(members, self.maps, self.texts, self.reference)
         prefilled = []
         for k, m in enumerate(members):
             prefilled.append(reused[k] if k in reused else forward_rows(m, [p.inputs[k] for p in plans]))
@@ -262,12 +262,14 @@ class Session:
             nll_t = None
             nll: list[float | None] = [None] * k_count
             if length > 1:
-                nll_t = torch.stack(
-                    [
-                        _nll_per_token(m, row_states(k), targets, self.maps(r, k), vocab).mean()
-                        for k, m in enumerate(members)
-                    ]
-                )
+                per_member = []
+                for k, m in enumerate(members):
+                    same = k in reused and self.maps(r, k) is None and own_nll[b][k] is not None
+                    if same:  # already scored on these very tokens while choosing the reference
+                        per_member.append(torch.tensor(own_nll[b][k], dtype=torch.float64))
+                    else:
+                        per_member.append(_nll_per_token(m, row_states(k), targets, self.maps(r, k), vocab).mean())
+                nll_t = torch.stack(per_member)
                 nll = [float(v) for v in nll_t]
             else:
                 warnings.warn(
