@@ -49,6 +49,13 @@ class GenerationConfig:
     reference: str | None = None
     """Member whose vocabulary the fused distribution uses; None: per prompt, the member
     with the lowest prompt perplexity (the authors' rule)."""
+    scoring: str = "reference"
+    """How members with different tokenizers are scored on the prompt: 'reference' (the
+    authors' way: every member reads the reference member's tokens, translated through the
+    vocabulary map) or 'own' (every member reads its own tokenization; its negative
+    log-likelihood per UTF-8 byte is put on the reference's per-token scale). Members that
+    share the reference's tokenizer score the same either way; 'opt' always searches in
+    the reference token space."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -83,6 +90,8 @@ class GenerationConfig:
             raise ConfigError("weights", None, "a list of member weights when weighting='fixed'")
         if self.weights is not None and self.weighting != "fixed":
             raise ConfigError("weighting", self.weighting, "'fixed' when weights are given")
+        if self.scoring not in ("reference", "own"):
+            raise ConfigError("scoring", self.scoring, "'reference' or 'own'")
         if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
             raise ConfigError("reference", self.reference, "a member name or None")
 

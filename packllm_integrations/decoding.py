@@ -89,6 +89,33 @@ def _nll_per_token(member: Member, states: torch.Tensor, targets: torch.Tensor, 
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
+@dataclass(frozen=True)
+class OwnScore:
+    """A member's score of a prompt in its own tokenization."""
+
+    total: float  # summed NLL of the scored tokens
+    tokens: int  # number of scored tokens
+    num_bytes: int  # UTF-8 bytes of the text those tokens stand for
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.tokens
+
+
+def own_scale_nll(scores: Sequence[OwnScore | None], reference: int) -> torch.Tensor | None:
+    """Members' own-tokenization NLLs per byte, put on the reference's per-token scale.
+
+    ``total_k / bytes_k * bytes_r / tokens_r``: comparable across tokenizers (per byte),
+    and equal to the reference member's own mean NLL per token. None when a member had
+    nothing to score.
+    """
+    ref = scores[reference]
+    if ref is None or any(s is None or s.num_bytes == 0 for s in scores):
+        return None
+    scale = ref.num_bytes / ref.tokens
+    return torch.tensor([s.total / s.num_bytes * scale for s in scores if s is not None], dtype=torch.float64)
+
+
 @dataclass
 class PromptPlan:
     """How one prompt is read by the pack: its reference member and each member's input ids."""
@@ -104,14 +131,16 @@ def plan_prompts(
     texts: Sequence[Sequence[str]],
     reference: int | None,
     prompt_texts: Sequence[Sequence[str]] | None = None,
-) -> tuple[list[PromptPlan], dict[int, tuple[torch.Tensor, MemberRun, list[int]]], list[list[float | None]]]:
+    own_scoring: bool = False,
+) -> tuple[list[PromptPlan], dict[int, tuple[torch.Tensor, MemberRun, list[int]]], list[list[OwnScore | None]]]:
     """Choose each prompt's reference member and translate its tokens for every member.
 
     ``texts[b][k]`` is sequence b as member k reads it. With ``reference`` None, each member
     first scores its own tokenization and the lowest perplexity wins (the authors' rule);
     only the leading tokens that encode ``prompt_texts[b][k]`` are scored when given (a
     context before a continuation). Those runs are returned for reuse when a member's input
-    ids turn out to be the same. Also returns the own-tokenization NLLs (None: not computed).
+    ids turn out to be the same. Also returns the own-tokenization scores (None: not
+    computed); ``own_scoring`` computes them even when the reference is fixed.
     """
     own = [[m.encode(row[k]) for row in texts] for k, m in enumerate(members)]
     scored = [[len(ids) for ids in own_k] for own_k in own]
@@ -127,8 +156,8 @@ def plan_prompts(
                     "prompt", f"<{len(ids)} tokens>", f"at most {m.context_window - 1} tokens for member {m.name!r}"
                 )
     runs: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = {}
-    own_nll: list[list[float | None]] = [[None] * len(members) for _ in texts]
-    if reference is None and len(members) > 1:
+    own_nll: list[list[OwnScore | None]] = [[None] * len(members) for _ in texts]
+    if (reference is None or own_scoring) and len(members) > 1:
         for k, m in enumerate(members):
             states, run, pads = forward_rows(m, own[k])
             runs[k] = (states, run, pads)
@@ -137,8 +166,11 @@ def plan_prompts(
                 if n > 1:
                     row_states = states[b, pads[b] : pads[b] + n - 1]
                     targets = torch.tensor(ids[1:n])
-                    own_nll[b][k] = float(_nll_per_token(m, row_states, targets, None, m.vocab_size).mean())
-        refs = [min(range(len(members)), key=lambda k, b=b: (_inf(own_nll[b][k]), k)) for b in range(len(texts))]
+                    per_token = _nll_per_token(m, row_states, targets, None, m.vocab_size)
+                    text = m.tokenizer.decode(ids[1:n], skip_special_tokens=True)
+                    own_nll[b][k] = OwnScore(float(per_token.sum()), n - 1, len(text.encode("utf-8")))
+    if reference is None and len(members) > 1:
+        refs = [min(range(len(members)), key=lambda k, b=b: (_inf(_mean(own_nll[b][k])), k)) for b in range(len(texts))]
     else:
         refs = [reference or 0] * len(texts)
     plans = []
@@ -174,6 +206,10 @@ def prefix_length(full: Sequence[int], prefix: Sequence[int]) -> int:
 
 def _exp(value: float | None) -> float | None:
     return None if value is None else math.exp(value)
+
+
+def _mean(score: OwnScore | None) -> float | None:
+    return None if score is None else score.mean
 
 
 def _inf(value: float | None) -> float:
@@ -243,7 +279,8 @@ class Session:
     def prefill(self) -> list[WeightsEvent]:
         """Run every member once on the prompts; compute weights; return one event per prompt."""
         members, k_count = self.members, len(self.members)
-        plans, reused, own_nll = plan_prompts(members, self.maps, self.texts, self.reference)
+        own_scoring = self.config.scoring == "own"
+        plans, reused, own_nll = plan_prompts(members, self.maps, self.texts, self.reference, own_scoring=own_scoring)
         prefilled = []
         for k, m in enumerate(members):
             prefilled.append(reused[k] if k in reused else forward_rows(m, [p.inputs[k] for p in plans]))
@@ -262,14 +299,16 @@ class Session:
             nll_t = None
             nll: list[float | None] = [None] * k_count
             if length > 1:
-                per_member = []
-                for k, m in enumerate(members):
-                    same = k in reused and self.maps(r, k) is None and own_nll[b][k] is not None
-                    if same:  # already scored on these very tokens while choosing the reference
-                        per_member.append(torch.tensor(own_nll[b][k], dtype=torch.float64))
-                    else:
-                        per_member.append(_nll_per_token(m, row_states(k), targets, self.maps(r, k), vocab).mean())
-                nll_t = torch.stack(per_member)
+                nll_t = own_scale_nll(own_nll[b], r) if own_scoring else None
+                if nll_t is None:
+                    per_member = []
+                    for k, m in enumerate(members):
+                        score = own_nll[b][k]
+                        if k in reused and self.maps(r, k) is None and score is not None:
+                            per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # same tokens: reuse
+                        else:
+                            per_member.append(_nll_per_token(m, row_states(k), targets, self.maps(r, k), vocab).mean())
+                    nll_t = torch.stack(per_member)
                 nll = [float(v) for v in nll_t]
             else:
                 warnings.warn(
@@ -433,7 +472,9 @@ def score_batch(
     default) or from the whole sequence (``"full"``, as the authors' code scored options).
     Returns one list of results per config, in prompt order.
     """
-    plans, reused, _ = plan_prompts(members, maps, texts, reference, contexts)
+    own_scoring = any(c.scoring == "own" for c in configs)
+    prompt_texts = None if weights_on == "full" else contexts
+    plans, reused, own_nll = plan_prompts(members, maps, texts, reference, prompt_texts, own_scoring=own_scoring)
     prefilled = [
         reused[k] if k in reused else forward_rows(m, [p.inputs[k] for p in plans]) for k, m in enumerate(members)
     ]
@@ -463,11 +504,13 @@ def score_batch(
         text = texts[b][r]
         context = contexts[b][r]
         num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
-        perplexity = {n: (math.exp(float(nll_t[k])) if nll_t is not None else None) for k, n in enumerate(names)}
+        nll_own = own_scale_nll(own_nll[b], r) if own_scoring and n_w > 1 else None
         for c, cfg in enumerate(configs):
+            nll = nll_own if cfg.scoring == "own" and nll_own is not None else nll_t
+            perplexity = {n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)}
             weights = compute_weights(
                 cfg,
-                nll_t,
+                nll,
                 lambda b=b, r=r, vocab=vocab, n_w=n_w, states=states: [
                     reference_logits(m, states[k][: n_w - 1], maps(r, k), vocab) for k, m in enumerate(members)
                 ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 
@@ -357,3 +358,35 @@ def test_session_state_is_per_request(bl: Member, sp: Member) -> None:
     a.prefill()
     b.prefill()
     assert a.runs[0] is not b.runs[0] and a.runs[0].cache is not b.runs[0].cache
+
+
+def own_total(member: Member, text: str) -> tuple[float, int, int]:
+    ids = member.encode(text)
+    with torch.no_grad():
+        logp = torch.log_softmax(member.model(torch.tensor([ids])).logits[0, :-1, : member.vocab_size].double(), -1)
+    total = float(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+    scored = member.tokenizer.decode(ids[1:], skip_special_tokens=True)
+    return total, len(ids) - 1, len(scored.encode())
+
+
+def test_own_scoring_weights_are_per_byte_on_the_reference_scale(bl: Member, sp: Member) -> None:
+    engine = PackEngine([bl, sp], reference=sp.name, scoring="own")
+    event = engine.weights(PROMPT)
+    (t_bl, _, b_bl), (t_sp, n_sp, b_sp) = own_total(bl, PROMPT), own_total(sp, PROMPT)
+    scale = b_sp / n_sp
+    nll = torch.tensor([t_bl / b_bl * scale, t_sp / b_sp * scale], dtype=torch.float64)
+    expected = torch.softmax(-nll, 0).tolist()
+    assert [event.weights[bl.name], event.weights[sp.name]] == pytest.approx(expected, abs=1e-5)
+    assert event.prompt_perplexity[sp.name] == pytest.approx(math.exp(t_sp / n_sp), rel=1e-4)
+    # generation and scoring accept the setting too
+    assert engine.generate(PROMPT, max_new_tokens=3).weights == pytest.approx(event.weights)
+    scored = engine.score([(PROMPT, " value")])[0]
+    assert scored.tokens >= 1
+
+
+def test_own_scoring_changes_nothing_for_a_shared_tokenizer(bl: Member, bl_b: Member) -> None:
+    engine = PackEngine([bl, bl_b])
+    a = engine.weights(PROMPT, scoring="reference")
+    b = engine.weights(PROMPT, scoring="own")
+    assert a.weights == pytest.approx(b.weights, abs=1e-9)
+    assert a.prompt_perplexity == pytest.approx(b.prompt_perplexity, rel=1e-9)
