@@ -1,0 +1,88 @@
+"""The LangChain adapters on a real small pack (SmolLM2-135M + Qwen2.5-Coder-0.5B, two tokenizer families)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from packllm_integrations.langchain import ChatPackLLM, PackLLM
+from tests.test_adapters_common import real_engine
+
+pytestmark = pytest.mark.integration
+
+
+class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
+    """LangChain's standard integration tests for chat models, on the real pack."""
+
+    @property
+    def chat_model_class(self) -> type[ChatPackLLM]:
+        return ChatPackLLM
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"engine": real_engine(), "max_tokens": 8}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return False
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # a pack cannot swap its members per call
+
+
+def test_lcel_chain_invoke_batch_and_stream():
+    llm = PackLLM(engine=real_engine(), max_tokens=8)
+    chain = PromptTemplate.from_template("# Python\ndef {name}(") | llm | StrOutputParser()
+    text = chain.invoke({"name": "fibonacci"})
+    assert text.strip()
+    assert "".join(chain.stream({"name": "fibonacci"})) == text
+    batch = chain.batch([{"name": "fibonacci"}, {"name": "is_prime"}])
+    assert batch[0] == text and batch[1].strip()
+
+
+def test_code_prompts_lean_on_the_code_member():
+    llm = PackLLM(engine=real_engine(), max_tokens=4)
+    result = llm.generate(["def fibonacci(n):\n    if n < 2:\n        return n\n", "The old man walked slowly to the"])
+    code, prose = (g[0].generation_info["weights"] for g in result.generations)
+    assert code["qwen2.5-coder-0.5b"] > prose["qwen2.5-coder-0.5b"]
+    assert result.llm_output["token_usage"]["completion_tokens"] == 8
+
+
+def test_stop_strings_on_real_text():
+    llm = PackLLM(engine=real_engine(), max_tokens=16)
+    prompt = "def add(a, b):\n"
+    full = llm.invoke(prompt)
+    assert "\n" in full.strip("\n")
+    cut = llm.invoke(prompt, stop=["\n"])
+    assert cut == full[: full.index("\n")]
+    assert "".join(llm.stream(prompt, stop=["\n"])) == cut
+
+
+def test_chat_prompt_template_chain():
+    chat = ChatPackLLM(engine=real_engine(), max_tokens=12)
+    prompt = ChatPromptTemplate.from_messages([("system", "You are a helpful assistant."), ("human", "{question}")])
+    reply = (prompt | chat).invoke({"question": "What is the capital of France?"})
+    assert reply.content.strip()
+    assert set(reply.response_metadata["weights"]) == {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    assert reply.usage_metadata["output_tokens"] <= 12
