@@ -41,6 +41,12 @@ def _pack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, help="temperature of sim weighting (default 1.0)")
     parser.add_argument("--reference", help="member whose vocabulary is used (default: lowest prompt perplexity)")
     parser.add_argument(
+        "--scoring",
+        choices=("reference", "own"),
+        help="members with other tokenizers score the prompt on the reference's translated tokens (default) "
+        "or on their own tokenization, per byte",
+    )
+    parser.add_argument(
         "--chat", action="store_true", help="render PROMPT as one user message with each member's template"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -94,6 +100,7 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"weighting": args.weighting, "tau": args.tau, "reference": args.reference}
+    out["scoring"] = args.scoring
     if args.weights is not None:
         try:
             out["weights"] = tuple(float(w) for w in args.weights.split(","))

@@ -40,6 +40,10 @@ def test_weights_command_and_fixed_weights(capsys, tiny_folder: Path, tiny_folde
     assert code == 0 and json.loads(out)["weights"] == {"sp": 0.75, "bl": 0.25}
     code, out, _ = run(capsys, "weights", *models, "--weighting", "opt", "x = 1")
     assert code == 0 and "member" in out and "sp" in out and "bl" in out
+    code, own, _ = run(capsys, "weights", *models, "--scoring", "own", "--reference", "sp", "--json", "x = 1")
+    code, ref, _ = run(capsys, "weights", *models, "--reference", "sp", "--json", "x = 1")
+    assert json.loads(own)["prompt_perplexity"]["sp"] == pytest.approx(json.loads(ref)["prompt_perplexity"]["sp"])
+    assert json.loads(own)["prompt_perplexity"]["bl"] != json.loads(ref)["prompt_perplexity"]["bl"]
 
 
 def test_bad_input_exits_2_with_a_clear_message(capsys, tiny_folder: Path) -> None:
