@@ -4,16 +4,32 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from rapidfuzz.distance import Levenshtein
+from rapidfuzz.process import cdist
 
+from packllm_integrations import alignment
 from packllm_integrations.alignment import _nearest, build_vocab_map, token_bytes, vocab_map, vocabulary_fingerprint
 from packllm_integrations.members import Member
 
 
 class _Bar:
+    def __init__(self) -> None:
+        self.total = 0
+
     def update(self, n: int) -> None:
-        pass
+        self.total += n
+
+
+def _brute_force(queries: list[str], choices: list[str], ids: np.ndarray) -> list[int]:
+    """The lowest id among the choices at the smallest Levenshtein distance, by comparing everything."""
+    dist = cdist(queries, choices, scorer=Levenshtein.distance, dtype=np.int32)
+    return [int(ids[row == row.min()].min()) for row in dist]
+
+
+def _words(rng: random.Random, alphabet: str, count: int, shortest: int, longest: int) -> list[str]:
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(shortest, longest))) for _ in range(count)]
 
 
 def test_token_bytes_read_both_conventions(bl: Member, sp: Member) -> None:
@@ -38,6 +54,81 @@ def test_nearest_is_exact_minimum_with_lowest_id_ties() -> None:
         dists = [Levenshtein.distance(q, c) for c in choices]
         best = min(dists)
         assert g == min(int(ids[i]) for i, d in enumerate(dists) if d == best)
+
+
+BYTES = "".join(map(chr, range(256)))  # token bytes are compared as latin-1 text: every byte value
+
+
+@pytest.mark.parametrize(
+    ("seed", "alphabet", "n_choices", "longest_choice", "longest_query"),
+    [
+        (1, "ab", 400, 6, 10),  # many ties at every distance
+        (2, "abcdef ", 3000, 12, 20),
+        (3, BYTES, 2000, 10, 16),  # all 256 byte values, queries far from everything
+        (4, "abc", 6000, 9, 14),  # more than one top-level block of member tokens
+        (5, "ab", 500, 220, 140),  # tokens longer than the lane limit, queries past the search limit
+        (6, "\xe0\xa6\xa7\xb8\xe4\x80\x81 ", 1500, 15, 24),  # UTF-8-like bytes, repeated lead bytes
+    ],
+)
+def test_nearest_matches_brute_force(
+    seed: int, alphabet: str, n_choices: int, longest_choice: int, longest_query: int
+) -> None:
+    rng = random.Random(seed)
+    choices = _words(rng, alphabet, n_choices, 1, longest_choice)
+    choices += rng.sample(choices, 20)  # duplicate texts under other ids: ties go to the lowest
+    ids = np.arange(10_000, 10_000 + len(choices))
+    rng.shuffle(ids)
+    queries = _words(rng, alphabet + "xyz", 300, 0, longest_query) + rng.sample(choices, 10)
+    bar = _Bar()
+    assert _nearest(queries, choices, ids, bar) == _brute_force(queries, choices, ids)
+    assert bar.total == len(queries)
+
+
+def test_nearest_stays_exact_when_every_hash_collides(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = alignment._hashes
+
+    def colliding(words: list[str]) -> tuple[np.ndarray, ...]:
+        whole, owner, position, deleted = real(words)
+        return np.zeros_like(whole), owner, np.zeros_like(position), np.zeros_like(deleted)
+
+    monkeypatch.setattr(alignment, "_hashes", colliding)
+    rng = random.Random(7)
+    choices = _words(rng, "abcd", 300, 1, 6)
+    ids = np.arange(300)[::-1].copy()
+    queries = _words(rng, "abcde", 100, 0, 8)
+    assert _nearest(queries, choices, ids, _Bar()) == _brute_force(queries, choices, ids)
+
+
+def test_lane_arithmetic_matches_bytes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 128, 8 * 1000, dtype=np.uint8)
+    k = rng.integers(0, 128, 8 * 1000, dtype=np.uint8)
+    lanes_min = alignment._lanes_min(x.view(np.uint64), k.view(np.uint64)).view(np.uint8)
+    assert np.array_equal(lanes_min, np.minimum(x, k))
+    reach = alignment._lanes_reach(x.view(np.uint64), k.view(np.uint64)).view(np.uint8)
+    assert np.array_equal(reach, np.where(x >= k, 0x80, 0).astype(np.uint8))
+
+
+@pytest.mark.integration
+def test_nearest_on_real_tokenizers_matches_brute_force() -> None:
+    from transformers import AutoTokenizer
+
+    from packllm_integrations.catalog import CATALOG, is_installed
+    from packllm_integrations.loading import _cached_catalog_model
+
+    names = ("smollm2-135m", "qwen2.5-coder-0.5b")
+    if not all(is_installed(n) for n in names):
+        pytest.skip(f"bundled model packages not installed: {names}")
+    ref, mem = (AutoTokenizer.from_pretrained(str(_cached_catalog_model(CATALOG[n], False))) for n in names)
+    ref_bytes, mem_bytes = token_bytes(ref), token_bytes(mem)
+    mem_special = alignment.special_ids(mem)
+    ordinary = [i for i, b in enumerate(mem_bytes) if i not in mem_special and b]
+    choices = [mem_bytes[i].decode("latin-1") for i in ordinary]
+    known = set(choices)
+    pending = [b.decode("latin-1") for b in ref_bytes if b and b.decode("latin-1") not in known]
+    queries = random.Random(0).sample(pending, 300)
+    ids = np.asarray(ordinary, dtype=np.int64)
+    assert _nearest(queries, choices, ids, _Bar()) == _brute_force(queries, choices, ids)
 
 
 def test_map_exact_matches_specials_and_floor(bl: Member, sp: Member) -> None:
