@@ -13,7 +13,15 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["STRATEGIES", "sim_weights", "opt_weights", "uniform_weights", "top1_weights", "fixed_weights", "fused_nll"]
+__all__ = [
+    "STRATEGIES",
+    "sim_weights",
+    "opt_weights",
+    "uniform_weights",
+    "top1_weights",
+    "fixed_weights",
+    "mixture_nlls",
+]
 
 STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
 BETAS = tuple(i / 20 for i in range(21))
@@ -56,15 +64,23 @@ def fixed_weights(weights: Sequence[float], k: int) -> torch.Tensor:
     return torch.tensor([w / total for w in values], dtype=torch.float64)
 
 
-def fused_nll(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Mean NLL of ``softmax(logits)`` [T, V] at ``targets`` [T], computed in row chunks."""
-    total = logits.new_zeros((), dtype=torch.float64)
-    for start in range(0, logits.shape[0], chunk):
-        rows = logits[start : start + chunk]
-        lse = torch.logsumexp(rows, dim=-1)
-        picked = rows.gather(-1, targets[start : start + chunk, None]).squeeze(-1)
-        total += (lse - picked).double().sum()
-    return total / max(1, logits.shape[0])
+def mixture_nlls(current: torch.Tensor, candidate: torch.Tensor, targets: torch.Tensor, chunk: int = 8) -> list[float]:
+    """Mean NLL of ``softmax(beta * current + (1 - beta) * candidate)`` for every beta of the grid.
+
+    Works through a few rows at a time and tries all 21 betas on them while they are in the
+    processor's cache, instead of sweeping the whole [T, V] matrices once per beta.
+    """
+    totals = [0.0] * len(BETAS)
+    count = current.shape[0]
+    for start in range(0, count, chunk):
+        a, b = current[start : start + chunk], candidate[start : start + chunk]
+        y = targets[start : start + chunk, None]
+        picked_a, picked_b = a.gather(-1, y).squeeze(-1), b.gather(-1, y).squeeze(-1)
+        for i, beta in enumerate(BETAS):
+            mixed = beta * a + (1 - beta) * b
+            picked = beta * picked_a + (1 - beta) * picked_b
+            totals[i] += float((torch.logsumexp(mixed, dim=-1) - picked).double().sum())
+    return [t / max(1, count) for t in totals]
 
 
 def opt_weights(nll: torch.Tensor, logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -83,8 +99,7 @@ def opt_weights(nll: torch.Tensor, logits: Sequence[torch.Tensor], targets: torc
     for j in order[1:]:
         candidate = logits[j]
         best_beta, best_value = BETAS[0], float("inf")
-        for beta in BETAS:
-            value = float(fused_nll(beta * current + (1 - beta) * candidate, targets))
+        for beta, value in zip(BETAS, mixture_nlls(current, candidate, targets), strict=True):
             if value < best_value:
                 best_beta, best_value = beta, value
         current = best_beta * current + (1 - best_beta) * candidate
