@@ -56,6 +56,13 @@ class GenerationConfig:
     log-likelihood per UTF-8 byte is put on the reference's per-token scale). Members that
     share the reference's tokenizer score the same either way; 'opt' always searches in
     the reference token space."""
+    alignment: str = "mined"
+    """How a member whose tokenizer differs from the reference's reads the text: 'mined'
+    (the authors' way: the reference's tokens translated one-for-one through the vocabulary
+    map) or 'natural' (its own tokenization of the same text, re-tokenized as text is
+    generated). Either way its next-token distribution is mapped into the reference
+    vocabulary. With 'natural', scoring='reference' scores each member on the reference
+    tokens from what it predicts after reading its own tokenization."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -92,6 +99,8 @@ class GenerationConfig:
             raise ConfigError("weighting", self.weighting, "'fixed' when weights are given")
         if self.scoring not in ("reference", "own"):
             raise ConfigError("scoring", self.scoring, "'reference' or 'own'")
+        if self.alignment not in ("mined", "natural"):
+            raise ConfigError("alignment", self.alignment, "'mined' or 'natural'")
         if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
             raise ConfigError("reference", self.reference, "a member name or None")
 

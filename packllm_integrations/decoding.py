@@ -24,6 +24,7 @@ from .config import GenerationConfig
 from .errors import PromptTooLongError
 from .events import Event, FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
 from .members import Member
+from .natural import NaturalStates, Reader, common_prefix, natural_states, new_cache, projection, row_cache, token_ends
 from .sampling import sample
 from .stopping import Detokenizer, StopMatcher
 from .weighting import fixed_weights, opt_weights, sim_weights, top1_weights, uniform_weights
@@ -46,11 +47,15 @@ class MemberRun:
     logits: torch.Tensor  # [B, W] logits for the next token
 
 
-def forward_rows(member: Member, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, MemberRun, list[int]]:
+def forward_rows(
+    member: Member, rows: Sequence[Sequence[int]], full_cache: bool = False
+) -> tuple[torch.Tensor, MemberRun, list[int]]:
     """Prefill ``member`` on a batch of id lists (left-padded).
 
     Returns the per-position states ([B, L, H] hidden states, or logits for members without
     a separable head), the member's run state, and each row's number of pad positions.
+    ``full_cache``: keep every position in every cache layer (so rows can be split off and
+    cropped, see :mod:`.natural`).
     """
     lengths = [len(r) for r in rows]
     width = max(lengths)
@@ -63,7 +68,7 @@ def forward_rows(member: Member, rows: Sequence[Sequence[int]]) -> tuple[torch.T
     if any(pads):
         mask = (torch.arange(width)[None, :] >= torch.tensor(pads)[:, None]).long().to(member.device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    states, cache = member.run(ids, None, mask, position_ids)
+    states, cache = member.run(ids, new_cache() if full_cache else None, mask, position_ids)
     run = MemberRun(
         cache=cache,
         mask=mask,
@@ -73,8 +78,16 @@ def forward_rows(member: Member, rows: Sequence[Sequence[int]]) -> tuple[torch.T
     return states, run, pads
 
 
-def reference_logits(member: Member, states: torch.Tensor, vmap: VocabMap | None, vocab: int) -> torch.Tensor:
-    """A row's states [T, ...] as logits in the reference vocabulary [T, V] (float32)."""
+def reference_logits(
+    member: Member, states: torch.Tensor | NaturalStates, vmap: VocabMap | None, vocab: int
+) -> torch.Tensor:
+    """A row's states [T, ...] as logits in the reference vocabulary [T, V] (float32).
+
+    :class:`NaturalStates` (natural alignment) go through their projection."""
+    if isinstance(states, NaturalStates):
+        if states.projection is not None:
+            return states.projection.scores(member, states)
+        states = states.last
     logits = member.logits(states)
     return logits[..., :vocab] if vmap is None else vmap.member_logits(logits)
 
@@ -122,7 +135,24 @@ class PromptPlan:
 
     reference: int
     ref_ids: list[int]
-    inputs: list[list[int]]  # per member
+    inputs: list[list[int]]  # per member: the reference ids, translated for "mined" alignment
+
+
+@dataclass
+class Planned:
+    """What :func:`plan_prompts` found: plans, and each member's own-tokenization pass."""
+
+    plans: list[PromptPlan]
+    own_ids: list[list[list[int]]]  # [member][prompt] the member's own tokenization
+    own_runs: dict[int, tuple[torch.Tensor, MemberRun, list[int]]]  # member -> forward_rows on own_ids
+    own_nll: list[list[OwnScore | None]]  # [prompt][member]
+
+    def reusable(self, k: int) -> tuple[torch.Tensor, MemberRun, list[int]] | None:
+        """Member k's own pass when it is also what it reads in "mined" alignment."""
+        run = self.own_runs.get(k)
+        if run is None or any(p.inputs[k] != self.own_ids[k][b] for b, p in enumerate(self.plans)):
+            return None
+        return run
 
 
 def plan_prompts(
@@ -132,21 +162,22 @@ def plan_prompts(
     reference: int | None,
     prompt_texts: Sequence[Sequence[str]] | None = None,
     own_scoring: bool = False,
-) -> tuple[list[PromptPlan], dict[int, tuple[torch.Tensor, MemberRun, list[int]]], list[list[OwnScore | None]]]:
+    full_cache: bool = False,
+) -> Planned:
     """Choose each prompt's reference member and translate its tokens for every member.
 
     ``texts[b][k]`` is sequence b as member k reads it. With ``reference`` None, each member
     first scores its own tokenization and the lowest perplexity wins (the authors' rule);
     only the leading tokens that encode ``prompt_texts[b][k]`` are scored when given (a
-    context before a continuation). Those runs are returned for reuse when a member's input
-    ids turn out to be the same. Also returns the own-tokenization scores (None: not
-    computed); ``own_scoring`` computes them even when the reference is fixed.
+    context before a continuation). Those runs are kept for reuse. ``own_scoring`` computes
+    the own-tokenization scores even when the reference is fixed; ``full_cache`` builds the
+    runs' caches so that rows can be split off (natural alignment).
     """
     own = [[m.encode(row[k]) for row in texts] for k, m in enumerate(members)]
     scored = [[len(ids) for ids in own_k] for own_k in own]
     if prompt_texts is not None:
         scored = [
-            [prefix_length(own[k][b], m.encode(prompt_texts[b][k])) for b in range(len(texts))]
+            [common_prefix(own[k][b], m.encode(prompt_texts[b][k])) for b in range(len(texts))]
             for k, m in enumerate(members)
         ]
     for k, m in enumerate(members):
@@ -159,7 +190,7 @@ def plan_prompts(
     own_nll: list[list[OwnScore | None]] = [[None] * len(members) for _ in texts]
     if (reference is None or own_scoring) and len(members) > 1:
         for k, m in enumerate(members):
-            states, run, pads = forward_rows(m, own[k])
+            states, run, pads = forward_rows(m, own[k], full_cache)
             runs[k] = (states, run, pads)
             for b, ids in enumerate(own[k]):
                 n = scored[k][b]
@@ -188,20 +219,27 @@ def plan_prompts(
                     f"at most {m.context_window - 1} tokens for member {m.name!r}",
                 )
         plans.append(PromptPlan(reference=r, ref_ids=list(ref_ids), inputs=inputs))
-    for k in list(runs):
-        if any(plans[b].inputs[k] != own[k][b] for b in range(len(texts))):
-            del runs[k]
-    return plans, runs, own_nll
+    return Planned(plans=plans, own_ids=own, own_runs=runs, own_nll=own_nll)
 
 
-def prefix_length(full: Sequence[int], prefix: Sequence[int]) -> int:
-    """How many leading ids of ``full`` encode ``prefix`` (fewer if the boundary merged)."""
-    n = 0
-    for a, b in zip(full, prefix, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
+def walk_states(
+    members: Sequence[Member], maps: MapLookup, texts: Sequence[Sequence[str]], planned: Planned, k: int, b: int
+) -> NaturalStates:
+    """Member k's states at each reference position of sequence b, reading its own tokenization
+    of the reference's text up to that position (natural alignment), with its projection."""
+    plan = planned.plans[b]
+    r = plan.reference
+    text = texts[b][r]
+    ends = token_ends(members[r], text, plan.ref_ids)
+    prefilled = None
+    run = planned.own_runs.get(k)
+    if run is not None and texts[b][k] == text:
+        states, member_run, pads = run
+        n, pad = len(planned.own_ids[k][b]), pads[b]
+        prefilled = (states[b, pad : pad + n], row_cache(member_run.cache, b, pad))
+    vmap = maps(r, k)
+    proj = projection(members[r], members[k], vmap) if vmap is not None else None
+    return natural_states(members[k], text, ends, prefilled, proj)
 
 
 def _exp(value: float | None) -> float | None:
@@ -227,9 +265,13 @@ class _Row:
     detok: Detokenizer
     stops: StopMatcher
     max_tokens: int
+    texts: Sequence[str] = ()  # the prompt as each member reads it
     pieces: list[str] = field(default_factory=list)
     generated: int = 0
     finish: str | None = None
+    read: Detokenizer | None = None  # decodes the fed tokens for members reading their own tokenization
+    read_text: str = ""
+    fed_ids: list[int] = field(default_factory=list)
 
 
 def compute_weights(
@@ -272,18 +314,34 @@ class Session:
             self.generator = torch.Generator().manual_seed(config.seed)
         self.rows: list[_Row] = []
         self.runs: list[MemberRun | None] = []
+        self.readers: list[list[Reader] | None] = []
+        self._width = 0  # the widest reference vocabulary of the batch
 
     # ---- prefill ------------------------------------------------------------------------
 
     @torch.inference_mode()
     def prefill(self) -> list[WeightsEvent]:
         """Run every member once on the prompts; compute weights; return one event per prompt."""
-        members, k_count = self.members, len(self.members)
-        own_scoring = self.config.scoring == "own"
-        plans, reused, own_nll = plan_prompts(members, self.maps, self.texts, self.reference, own_scoring=own_scoring)
-        prefilled = []
-        for k, m in enumerate(members):
-            prefilled.append(reused[k] if k in reused else forward_rows(m, [p.inputs[k] for p in plans]))
+        members, k_count, cfg = self.members, len(self.members), self.config
+        own_scoring = cfg.scoring == "own"
+        natural = cfg.alignment == "natural"
+        planned = plan_prompts(
+            members, self.maps, self.texts, self.reference, own_scoring=own_scoring or natural, full_cache=natural
+        )
+        plans = planned.plans
+        # With natural alignment, a member that differs from some prompt's reference reads its
+        # own tokenization, through one Reader per prompt; the others decode in lockstep.
+        reading = [natural and any(self.maps(p.reference, k) is not None for p in plans) for k in range(k_count)]
+        translated: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = {}
+
+        def translated_run(k: int) -> tuple[torch.Tensor, MemberRun, list[int]]:
+            if k not in translated:
+                reused = planned.reusable(k)
+                translated[k] = reused or forward_rows(members[k], [p.inputs[k] for p in plans])
+            return translated[k]
+
+        self.readers = [self._readers(k, planned) if reading[k] else None for k in range(k_count)]
+        walked: dict[tuple[int, int], NaturalStates] = {}
         limit = min(m.context_window for m in members)
         events = []
         for b, plan in enumerate(plans):
@@ -292,19 +350,23 @@ class Session:
             length = len(plan.ref_ids)
             targets = torch.tensor(plan.ref_ids[1:])
 
-            def row_states(k: int, b: int = b, length: int = length) -> torch.Tensor:
-                states, _, pads = prefilled[k]
+            def row_states(k: int, b: int = b, length: int = length) -> torch.Tensor | NaturalStates:
+                if reading[k]:
+                    if (k, b) not in walked:
+                        walked[k, b] = walk_states(members, self.maps, self.texts, planned, k, b)[: length - 1]
+                    return walked[k, b]
+                states, _, pads = translated_run(k)
                 return states[b, pads[b] : pads[b] + length - 1]
 
             nll_t = None
             nll: list[float | None] = [None] * k_count
             if length > 1:
-                nll_t = own_scale_nll(own_nll[b], r) if own_scoring else None
+                nll_t = own_scale_nll(planned.own_nll[b], r) if own_scoring else None
                 if nll_t is None:
                     per_member = []
                     for k, m in enumerate(members):
-                        score = own_nll[b][k]
-                        if k in reused and self.maps(r, k) is None and score is not None:
+                        score = planned.own_nll[b][k]
+                        if self.maps(r, k) is None and score is not None and planned.own_ids[k][b] == plan.inputs[k]:
                             per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # same tokens: reuse
                         else:
                             per_member.append(_nll_per_token(m, row_states(k), targets, self.maps(r, k), vocab).mean())
@@ -318,22 +380,66 @@ class Session:
             def all_logits(b: int = b, r: int = r, vocab: int = vocab) -> list[torch.Tensor]:
                 return [reference_logits(m, row_states(k, b), self.maps(r, k), vocab) for k, m in enumerate(members)]
 
-            weights = compute_weights(self.config, nll_t, all_logits, targets, k_count)
+            weights = compute_weights(cfg, nll_t, all_logits, targets, k_count)
             ref_member = members[r]
-            self.rows.append(
-                _Row(
-                    index=b,
-                    plan=plan,
-                    weights=weights,
-                    nll=nll,
-                    detok=Detokenizer(ref_member.tokenizer, plan.ref_ids),
-                    stops=StopMatcher(self.config.stop),
-                    max_tokens=min(self.config.max_new_tokens, limit - length),
-                )
+            row = _Row(
+                index=b,
+                plan=plan,
+                weights=weights,
+                nll=nll,
+                detok=Detokenizer(ref_member.tokenizer, plan.ref_ids),
+                stops=StopMatcher(cfg.stop),
+                max_tokens=min(cfg.max_new_tokens, limit - length),
+                texts=self.texts[b],
             )
-            events.append(self._weights_event(self.rows[-1]))
-        self.runs = [run for _, run, _ in prefilled]
+            if any(reading):
+                row.read = Detokenizer(ref_member.tokenizer, plan.ref_ids)
+            self.rows.append(row)
+            events.append(self._weights_event(row))
+        self.runs = []
+        self._width = max(members[p.reference].vocab_size for p in plans)
+        for k, m in enumerate(members):
+            readers = self.readers[k]
+            if readers is None:
+                self.runs.append(translated_run(k)[1])
+                continue
+            logits = torch.cat([self._reader_scores(k, b) for b in range(len(readers))]).to(m.device)
+            self.runs.append(MemberRun(cache=None, mask=None, positions=torch.zeros(len(plans)), logits=logits))
         return events
+
+    def _reader_scores(self, k: int, b: int) -> torch.Tensor:
+        """Member k's reader of prompt b, in its reference's vocabulary [1, V_max] (padded with -inf)."""
+        m, reader = self.members[k], self.readers[k][b]  # type: ignore[index]
+        r = self.rows[b].plan.reference
+        vmap = self.maps(r, k)
+        proj = projection(self.members[r], m, vmap) if vmap is not None else None
+        scores = reference_logits(m, reader.view(proj), vmap, self.members[r].vocab_size)
+        width = self._width
+        if scores.shape[-1] < width:
+            scores = torch.cat([scores, scores.new_full((1, width - scores.shape[-1]), -math.inf)], dim=-1)
+        return scores
+
+    def _target(self, k: int, row: _Row) -> list[int]:
+        """What member k reads for ``row`` now (natural alignment)."""
+        if self.maps(row.plan.reference, k) is None:
+            return row.plan.inputs[k] + row.fed_ids
+        return self.members[k].encode(row.texts[k] + row.read_text)
+
+    def _readers(self, k: int, planned: Planned) -> list[Reader]:
+        """One :class:`Reader` per prompt for member k, started from its own pass when it has one."""
+        m, out = self.members[k], []
+        run = planned.own_runs.get(k)
+        for b, plan in enumerate(planned.plans):
+            target = plan.inputs[k] if self.maps(plan.reference, k) is None else planned.own_ids[k][b]
+            if run is not None and target == planned.own_ids[k][b]:
+                states, member_run, pads = run
+                n, pad = len(target), pads[b]
+                out.append(Reader(m, target, row_cache(member_run.cache, b, pad), states[b, pad + n - 1]))
+            else:
+                reader = Reader(m)
+                reader.advance(target)
+                out.append(reader)
+        return out
 
     def _weights_event(self, row: _Row) -> WeightsEvent:
         names = [m.name for m in self.members]
@@ -360,7 +466,10 @@ class Session:
                 continue
             logits = run.logits[index.to(run.logits.device)].to(self.members[r].device)
             vmap = self.maps(r, k)
-            mapped = logits[:, :vocab] if vmap is None else vmap.member_logits(logits)
+            if self.readers[k] is not None:  # already in the reference vocabulary
+                mapped = logits[:, :vocab]
+            else:
+                mapped = logits[:, :vocab] if vmap is None else vmap.member_logits(logits)
             term = mapped if bool((weights[:, k] == 1).all()) else mapped * weights[:, k, None].to(mapped.device)
             total = term if total is None else total + term
         if total is None:  # weights always sum to 1, so some member has a positive weight
@@ -384,9 +493,20 @@ class Session:
     @torch.inference_mode()
     def feed(self, tokens: list[int]) -> None:
         """Give every member the chosen tokens (mapped to its vocabulary) and step it once."""
+        for row, t in zip(self.rows, tokens, strict=True):
+            if row.read is not None and row.finish is None:
+                row.fed_ids.append(t)
+                row.read_text += row.read.add(t)
         for k, m in enumerate(self.members):
             run = self.runs[k]
             if run is None:
+                continue
+            readers = self.readers[k]
+            if readers is not None:
+                for b, row in enumerate(self.rows):
+                    if row.finish is None and float(row.weights[k]) > 0:
+                        readers[b].advance(self._target(k, row))
+                        run.logits[b] = self._reader_scores(k, b)[0]
                 continue
             if not any(float(row.weights[k]) > 0 for row in self.rows):
                 self.runs[k] = None  # a member no prompt listens to stops here
@@ -470,73 +590,117 @@ def score_batch(
     ``texts[b][k]`` is context + continuation as member k reads it, ``contexts[b][k]`` the
     context alone. Weights come from the context's tokens (``weights_on="context"``, the
     default) or from the whole sequence (``"full"``, as the authors' code scored options).
+    Configs may differ in alignment: each alignment's member states are computed once.
     Returns one list of results per config, in prompt order.
     """
     own_scoring = any(c.scoring == "own" for c in configs)
+    natural = any(c.alignment == "natural" for c in configs)
     prompt_texts = None if weights_on == "full" else contexts
-    plans, reused, own_nll = plan_prompts(members, maps, texts, reference, prompt_texts, own_scoring=own_scoring)
-    prefilled = [
-        reused[k] if k in reused else forward_rows(m, [p.inputs[k] for p in plans]) for k, m in enumerate(members)
-    ]
+    planned = plan_prompts(
+        members, maps, texts, reference, prompt_texts, own_scoring=own_scoring or natural, full_cache=natural
+    )
+    translated: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = {}
+
+    def translated_run(k: int) -> tuple[torch.Tensor, MemberRun, list[int]]:
+        if k not in translated:
+            reused = planned.reusable(k)
+            translated[k] = reused or forward_rows(members[k], [p.inputs[k] for p in planned.plans])
+        return translated[k]
+
     names = [m.name for m in members]
     out: list[list[ScoreResult]] = [[] for _ in configs]
-    for b, plan in enumerate(plans):
+    for b, plan in enumerate(planned.plans):
         r = plan.reference
         vocab = members[r].vocab_size
         ids = plan.ref_ids
         total = len(ids)
-        n_ctx = max(1, prefix_length(ids, members[r].encode(contexts[b][r])))
+        n_ctx = max(1, common_prefix(ids, members[r].encode(contexts[b][r])))
         n_w = total if weights_on == "full" else n_ctx
-        states = [prefilled[k][0][b, prefilled[k][2][b] : prefilled[k][2][b] + total] for k in range(len(members))]
         targets = torch.tensor(ids[1:n_w])
-        nll_t = None
-        if n_w > 1:
-            nll_t = torch.stack(
-                [
-                    _nll_per_token(m, states[k][: n_w - 1], targets, maps(r, k), vocab).mean()
-                    for k, m in enumerate(members)
-                ]
-            )
         cont = torch.tensor(ids[n_ctx:])
-        cont_logits = [
-            reference_logits(m, states[k][n_ctx - 1 : total - 1], maps(r, k), vocab) for k, m in enumerate(members)
-        ]
         text = texts[b][r]
         context = contexts[b][r]
         num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
-        nll_own = own_scale_nll(own_nll[b], r) if own_scoring and n_w > 1 else None
-        for c, cfg in enumerate(configs):
-            nll = nll_own if cfg.scoring == "own" and nll_own is not None else nll_t
-            perplexity = {n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)}
-            weights = compute_weights(
-                cfg,
-                nll,
-                lambda b=b, r=r, vocab=vocab, n_w=n_w, states=states: [
-                    reference_logits(m, states[k][: n_w - 1], maps(r, k), vocab) for k, m in enumerate(members)
-                ],
-                targets,
-                len(members),
-            )
+        nll_own = own_scale_nll(planned.own_nll[b], r) if own_scoring and n_w > 1 else None
+        for alignment in dict.fromkeys(c.alignment for c in configs):
+            states = []  # per member [total, S]
+            for k in range(len(members)):
+                if alignment == "natural" and maps(r, k) is not None:
+                    states.append(walk_states(members, maps, texts, planned, k, b)[:total])
+                else:
+                    st, _, pads = translated_run(k)
+                    states.append(st[b, pads[b] : pads[b] + total])
+            nll_t = None
+            if n_w > 1:
+                nll_t = torch.stack(
+                    [
+                        _nll_per_token(m, states[k][: n_w - 1], targets, maps(r, k), vocab).mean()
+                        for k, m in enumerate(members)
+                    ]
+                )
+            chosen = [c for c, cfg in enumerate(configs) if cfg.alignment == alignment]
+            weights, perplexity = {}, {}
+            for c in chosen:
+                cfg = configs[c]
+                nll = nll_own if cfg.scoring == "own" and nll_own is not None else nll_t
+                perplexity[c] = {n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)}
+                weights[c] = compute_weights(
+                    cfg,
+                    nll,
+                    lambda r=r, vocab=vocab, n_w=n_w, states=states: [
+                        reference_logits(m, states[k][: n_w - 1], maps(r, k), vocab) for k, m in enumerate(members)
+                    ],
+                    targets,
+                    len(members),
+                )
+            token_lp, greedy = _fused_continuation(members, maps, r, vocab, states, n_ctx, cont, weights)
+            for c in chosen:
+                out[c].append(
+                    ScoreResult(
+                        logprob=float(token_lp[c].sum()),
+                        tokens=int(cont.numel()),
+                        num_bytes=num_bytes,
+                        is_greedy=greedy[c],
+                        weights={n: float(w) for n, w in zip(names, weights[c], strict=True)},
+                        prompt_perplexity=perplexity[c],
+                        reference=names[r],
+                        token_logprobs=token_lp[c].tolist(),
+                    )
+                )
+    return out
+
+
+def _fused_continuation(
+    members: Sequence[Member],
+    maps: MapLookup,
+    r: int,
+    vocab: int,
+    states: Sequence[torch.Tensor],
+    n_ctx: int,
+    cont: torch.Tensor,
+    weights: dict[int, torch.Tensor],
+) -> tuple[dict[int, torch.Tensor], dict[int, bool]]:
+    """Log-probabilities [C] of the continuation ``cont`` under each weighting (keyed like
+    ``weights``), and whether it is the greedy choice; positions go in chunks so a long
+    continuation never holds all its logits at once."""
+    token_lp: dict[int, list[torch.Tensor]] = {c: [] for c in weights}
+    greedy = dict.fromkeys(weights, True)
+    used = [k for k in range(len(members)) if any(float(w[k]) > 0 for w in weights.values())]
+    for start in range(0, cont.numel(), _CHUNK * 4):
+        stop = min(start + _CHUNK * 4, cont.numel())
+        at = slice(n_ctx - 1 + start, n_ctx - 1 + stop)
+        mapped = {k: reference_logits(members[k], states[k][at], maps(r, k), vocab) for k in used}
+        targets = cont[start:stop]
+        for c, w in weights.items():
             fused = None
-            for k, logits in enumerate(cont_logits):
-                if float(weights[k]) > 0:
-                    term = logits * float(weights[k])
+            for k in used:
+                if float(w[k]) > 0:
+                    term = mapped[k] * float(w[k])
                     fused = term if fused is None else fused + term
             if fused is None:  # weights always sum to 1
                 raise RuntimeError("no member has a positive weight")
             logp = torch.log_softmax(fused, dim=-1)
-            token_lp = logp.gather(-1, cont[:, None].to(logp.device)).squeeze(-1).double().cpu()
-            greedy = bool((fused.argmax(dim=-1).cpu() == cont).all())
-            out[c].append(
-                ScoreResult(
-                    logprob=float(token_lp.sum()),
-                    tokens=int(cont.numel()),
-                    num_bytes=num_bytes,
-                    is_greedy=greedy,
-                    weights={n: float(w) for n, w in zip(names, weights, strict=True)},
-                    prompt_perplexity=perplexity,
-                    reference=names[r],
-                    token_logprobs=token_lp.tolist(),
-                )
-            )
-    return out
+            token_lp[c].append(logp.gather(-1, targets[:, None].to(logp.device)).squeeze(-1).double().cpu())
+            greedy[c] = greedy[c] and bool((fused.argmax(dim=-1).cpu() == targets).all())
+    empty = torch.zeros(0, dtype=torch.float64)
+    return {c: torch.cat(v) if v else empty for c, v in token_lp.items()}, greedy

@@ -169,9 +169,10 @@ def test_stream_joined_equals_generate(pack: list[str], request: pytest.FixtureR
     assert events[0].weights == result.weights
 
 
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
 @pytest.mark.parametrize("pack", [["bl", "sp"], ["bl", "bl_b"]])
-def test_batch_equals_one_by_one(pack: list[str], request: pytest.FixtureRequest) -> None:
-    engine = PackEngine([request.getfixturevalue(n) for n in pack])
+def test_batch_equals_one_by_one(pack: list[str], alignment: str, request: pytest.FixtureRequest) -> None:
+    engine = PackEngine([request.getfixturevalue(n) for n in pack], alignment=alignment)
     batch = engine.generate_batch(PROMPTS, max_new_tokens=10)
     single = [engine.generate(p, max_new_tokens=10) for p in PROMPTS]
     assert [r.text for r in batch] == [r.text for r in single]

@@ -1,0 +1,275 @@
+"""Natural alignment on tiny in-memory models: each member reads its own tokenization."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from packllm_integrations import ConfigError, Member, PackEngine, TextEvent
+from packllm_integrations.alignment import token_bytes
+from packllm_integrations.natural import NaturalStates, Reader, natural_states, projection, start_ids, token_ends
+
+PROMPT = "The function returns the value of the"
+PROMPTS = [PROMPT, "import os\nimport sys\n\ndef main(", "A class is"]
+TEXT = "def tokenize(text):\n    return [w for w in text.split() if w]  # café ☃ naïve\n\nclass Value:"
+
+
+@pytest.fixture(autouse=True)
+def _inference_mode():
+    """States handed out by the engine are inference tensors: read them the same way."""
+    with torch.inference_mode():
+        yield
+
+
+def fresh_last_logits(member: Member, ids: list[int]) -> torch.Tensor:
+    """The member's next-token logits after ``ids``, from a plain forward pass (no cache)."""
+    with torch.no_grad():
+        return member.model(torch.tensor([ids])).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("fixture", ["bl", "sp"])
+def test_reader_rollback_matches_a_fresh_forward(fixture: str, request: pytest.FixtureRequest) -> None:
+    member: Member = request.getfixturevalue(fixture)
+    reader = Reader(member)
+    rolled = 0
+    for end in range(1, len(TEXT) + 1, 2):  # the text grows by two characters at a time
+        ids = member.encode(TEXT[:end]) or start_ids(member)
+        state = reader.advance(ids)
+        assert reader.ids == ids
+        assert reader.cache.get_seq_length() == len(ids)
+        torch.testing.assert_close(member.logits(state[None])[0], fresh_last_logits(member, ids), atol=2e-4, rtol=1e-4)
+        rolled = reader.rolled_back
+    assert rolled > 0, "the text should have made some merges change (the rollback path must be exercised)"
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_natural_states_match_fresh_forwards_at_every_reference_position(
+    ref: str, other: str, request: pytest.FixtureRequest
+) -> None:
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    ends = token_ends(r, TEXT)
+    states = natural_states(m, TEXT, ends)
+    assert len(states) == len(ends)
+    for i, end in enumerate(ends):
+        ids = m.encode(TEXT[:end]) or start_ids(m)
+        assert int(states.last_ids[i]) == ids[-1]
+        torch.testing.assert_close(m.logits(states.last[i : i + 1])[0], fresh_last_logits(m, ids), atol=2e-4, rtol=1e-4)
+        assert bool(states.has_prev[i]) == (len(ids) >= 2 and ids[-1] not in m.special_ids)
+        if states.has_prev[i]:
+            before = fresh_last_logits(m, ids[:-1])
+            torch.testing.assert_close(m.logits(states.prev[i : i + 1])[0], before, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["bl", "sp"])
+def test_token_ends_never_cut_a_character(fixture: str, request: pytest.FixtureRequest) -> None:
+    member: Member = request.getfixturevalue(fixture)
+    ids = member.encode(TEXT)
+    ends = token_ends(member, TEXT)
+    assert len(ends) == len(ids) and ends[-1] == len(TEXT)
+    assert ends == sorted(ends)
+    for i, end in enumerate(ends):
+        decoded = member.tokenizer.decode(ids[: i + 1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        # what the tokens decode to, without a partial character, is the text up to the end
+        assert decoded.rstrip("\ufffd") == TEXT[:end] or decoded.rstrip("\ufffd").lstrip() == TEXT[:end].lstrip()
+
+
+def fresh_scores(ref: Member, member: Member, engine: PackEngine, k: int, ids: list[int]) -> torch.Tensor:
+    """Member k's reference-vocabulary scores after ``ids`` (its own tokens), from fresh forwards."""
+    vmap = engine.vocab_map(0, k)
+    last = fresh_last_logits(member, ids)[None]
+    if vmap is None:
+        return last[:, : ref.vocab_size]
+    has_prev = len(ids) >= 2 and ids[-1] not in member.special_ids
+    prev = fresh_last_logits(member, ids[:-1])[None] if has_prev else torch.zeros_like(last)
+    # the tiny models' heads are separable: states == logits is not true, so project logits
+    states = NaturalStates(last, prev, torch.tensor([ids[-1]]), torch.tensor([has_prev]), projection(ref, member, vmap))
+    return _project_logits(member, states)
+
+
+def _project_logits(member: Member, states: NaturalStates) -> torch.Tensor:
+    """Projection.scores for logits given directly (the member's head applied already)."""
+
+    class _Identity:
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float()
+
+    return states.projection.scores(_Identity(), states)  # type: ignore[union-attr, arg-type]
+
+
+def brute_force_natural_greedy(members: list[Member], weights: list[float], prompt: str, n: int) -> str:
+    """Greedy natural-alignment fusion with no cache: every step, every member re-reads its own
+    tokenization of prompt + text so far; the first member is the reference."""
+    engine = PackEngine(members)
+    ref = members[0]
+    generated: list[int] = []
+    for _ in range(n):
+        text = prompt + ref.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        fused = None
+        for k, m in enumerate(members):
+            ids = (ref.encode(prompt) + generated) if k == 0 else m.encode(text.rstrip("\ufffd"))
+            mapped = fresh_scores(ref, m, engine, k, ids)
+            fused = mapped * weights[k] if fused is None else fused + mapped * weights[k]
+        generated.append(int(fused.argmax()))
+    return ref.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+@pytest.mark.parametrize("pack", [["bl", "sp"], ["sp", "bl"]])
+def test_natural_greedy_generation_matches_brute_force(pack: list[str], request: pytest.FixtureRequest) -> None:
+    members = [request.getfixturevalue(n) for n in pack]
+    engine = PackEngine(members, alignment="natural", reference=members[0].name, weights=[0.6, 0.4])
+    result = engine.generate(PROMPT, max_new_tokens=16)
+    assert result.text == brute_force_natural_greedy(members, [0.6, 0.4], PROMPT, 16)
+
+
+def test_natural_differs_from_mined_across_tokenizers(bl: Member, sp: Member) -> None:
+    engine = PackEngine([bl, sp], reference=bl.name, weights=[0.3, 0.7])
+    mined = engine.score([(PROMPT, " value of the function")], alignment="mined")[0]
+    natural = engine.score([(PROMPT, " value of the function")], alignment="natural")[0]
+    assert mined.tokens == natural.tokens
+    assert mined.logprob != pytest.approx(natural.logprob, abs=1e-3)
+
+
+def test_natural_scoring_matches_brute_force(bl: Member, sp: Member) -> None:
+    """Fixed weights (0, 1) with reference bl: the score is sp's own-tokenization prediction, mapped."""
+    engine = PackEngine([bl, sp], reference=bl.name, weights=[0.0, 1.0], alignment="natural")
+    context, continuation = "class Value:\n    def", " __init__(self, x):"
+    result = engine.score([(context, continuation)])[0]
+    text = context + continuation
+    ids = bl.encode(text)
+    ends = token_ends(bl, text)
+    n_ctx = len(bl.encode(context))
+    expected = 0.0
+    for i in range(n_ctx - 1, len(ids) - 1):
+        logits = fresh_scores(bl, sp, engine, 1, sp.encode(text[: ends[i]]) or start_ids(sp))
+        expected += float(torch.log_softmax(logits.double(), -1)[0, ids[i + 1]])
+    assert result.tokens == len(ids) - n_ctx
+    assert result.logprob == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("pack", [["bl", "sp"], ["sp", "bl"]])
+def test_natural_stream_equals_generate(pack: list[str], request: pytest.FixtureRequest) -> None:
+    engine = PackEngine([request.getfixturevalue(n) for n in pack], alignment="natural")
+    result = engine.generate(PROMPTS[1], max_new_tokens=10)
+    streamed = "".join(e.text for e in engine.stream(PROMPTS[1], max_new_tokens=10) if isinstance(e, TextEvent))
+    assert streamed == result.text
+
+
+@pytest.mark.parametrize("weighting", ["sim", "opt"])
+@pytest.mark.parametrize("scoring", ["reference", "own"])
+def test_natural_weights_are_valid(weighting: str, scoring: str, bl: Member, sp: Member) -> None:
+    engine = PackEngine([bl, sp], alignment="natural", weighting=weighting, scoring=scoring)
+    event = engine.weights(PROMPT)
+    assert sum(event.weights.values()) == pytest.approx(1.0)
+    assert all(v is not None and v > 1 for v in event.prompt_perplexity.values())
+
+
+def test_natural_reference_scoring_uses_what_the_member_predicts(bl: Member, sp: Member) -> None:
+    """scoring='reference' with natural alignment: the non-reference member's perplexity on the
+    reference tokens equals the one computed from its own-tokenization predictions."""
+    engine = PackEngine([bl, sp], alignment="natural", reference=bl.name)
+    event = engine.weights(PROMPT)
+    ids = bl.encode(PROMPT)
+    ends = token_ends(bl, PROMPT)
+    total = 0.0
+    for i in range(len(ids) - 1):
+        logits = fresh_scores(bl, sp, engine, 1, sp.encode(PROMPT[: ends[i]]) or start_ids(sp))
+        total -= float(torch.log_softmax(logits.double(), -1)[0, ids[i + 1]])
+    expected = math.exp(total / (len(ids) - 1))
+    assert event.prompt_perplexity[sp.name] == pytest.approx(expected, rel=1e-3)
+
+
+def _forced_cross(engine: PackEngine) -> PackEngine:
+    """The same engine, made to treat its members' shared tokenizer as different ones."""
+    engine._fingerprints = [f"{f}-{i}" for i, f in enumerate(engine._fingerprints)]
+    engine._maps.clear()
+    return engine
+
+
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
+def test_shared_tokenizer_gives_identical_results_with_the_cross_path_forced(
+    alignment: str, bl: Member, bl_b: Member
+) -> None:
+    plain = PackEngine([bl, bl_b], alignment=alignment)
+    forced = _forced_cross(PackEngine([bl, bl_b], alignment=alignment))
+    assert plain.vocab_map(0, 1) is None and forced.vocab_map(0, 1) is not None
+    for weighting in ("sim", "opt"):
+        a = plain.weights_batch(PROMPTS, weighting=weighting)
+        b = forced.weights_batch(PROMPTS, weighting=weighting)
+        for x, y in zip(a, b, strict=True):
+            assert x.weights == pytest.approx(y.weights, abs=1e-5)
+            assert x.prompt_perplexity == pytest.approx(y.prompt_perplexity, rel=1e-5)
+    request = [(PROMPT, " value of x"), ("import os\n", "import sys")]
+    for x, y in zip(plain.score(request), forced.score(request), strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
+    if alignment == "mined":
+        # Natural alignment re-reads generated text, so a member's tokens can differ from the
+        # generated ids when those are not how its tokenizer would cut the text (the tiny
+        # models emit stray bytes); mined alignment reads the ids themselves.
+        a = plain.generate_batch(PROMPTS, max_new_tokens=8)
+        b = forced.generate_batch(PROMPTS, max_new_tokens=8)
+        assert [r.text for r in a] == [r.text for r in b]
+
+
+def test_natural_equals_mined_for_a_shared_tokenizer(bl: Member, bl_b: Member) -> None:
+    engine = PackEngine([bl, bl_b])
+    a = engine.generate_batch(PROMPTS, max_new_tokens=8, alignment="mined")
+    b = engine.generate_batch(PROMPTS, max_new_tokens=8, alignment="natural")
+    assert [r.text for r in a] == [r.text for r in b]
+
+
+def test_bad_alignment_is_named(bl: Member) -> None:
+    with pytest.raises(ConfigError, match="alignment"):
+        PackEngine([bl], alignment="exact")
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_projection_matches_an_explicit_sum_over_member_tokens(
+    ref: str, other: str, request: pytest.FixtureRequest
+) -> None:
+    """Partition plus healing, recomputed with plain loops over the member's token bytes."""
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    vmap = PackEngine([r, m]).vocab_map(0, 1)
+    proj = projection(r, m, vmap)
+    ref_bytes = token_bytes(r.tokenizer)[: r.vocab_size]
+    by_bytes: dict[bytes, int] = {}
+    for i, b in enumerate(ref_bytes):
+        if b and i not in r.special_ids:
+            by_bytes.setdefault(b, i)
+
+    def longest(b: bytes) -> int | None:
+        for n in range(len(b), 0, -1):
+            if b[:n] in by_bytes:
+                return by_bytes[b[:n]]
+        return None
+
+    mem_bytes = token_bytes(m.tokenizer)
+    ids = m.encode("def tokenize(te")  # ends inside a word: healing has work to do
+    last, prev = fresh_last_logits(m, ids), fresh_last_logits(m, ids[:-1])
+    states = NaturalStates(last[None], prev[None], torch.tensor([ids[-1]]), torch.tensor([True]), proj)
+    got = _project_logits(m, states)[0].double()
+    p_last, p_prev = torch.softmax(last.double(), -1), torch.softmax(prev.double(), -1)
+    expected = torch.zeros(r.vocab_size, dtype=torch.float64)
+    u = mem_bytes[ids[-1]]
+    for t, b in enumerate(mem_bytes[: m.logits_width]):
+        if t in m.special_ids or not b:
+            continue
+        v = longest(b)
+        if v is not None:
+            expected[v] += p_prev[ids[-1]] * p_last[t]
+        if len(b) > len(u) and b.startswith(u):
+            v = longest(b[len(u) :])
+            if v is not None:
+                expected[v] += p_prev[t]
+    ref_eos = sorted(i for i in r.eos_token_ids if i < r.vocab_size)
+    for t in m.eos_token_ids:
+        expected[ref_eos[0]] += p_prev[ids[-1]] * p_last[t]
+    reached = expected > 0
+    assert int(reached.sum()) > r.vocab_size // 4
+    torch.testing.assert_close(got[reached], expected[reached].log(), atol=1e-4, rtol=1e-4)
+    # columns nothing reaches keep the MinED value (log-probability of the mapped token)
+    fallback = vmap.member_logits(torch.log_softmax(last[None], -1))[0].double() + torch.log(p_prev[ids[-1]])
+    torch.testing.assert_close(got[~reached], fallback[~reached], atol=1e-4, rtol=1e-4)
