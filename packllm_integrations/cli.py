@@ -47,6 +47,12 @@ def _pack_options(parser: argparse.ArgumentParser) -> None:
         "or on their own tokenization, per byte",
     )
     parser.add_argument(
+        "--alignment",
+        choices=("mined", "natural"),
+        help="how members with other tokenizers read the text: the reference's tokens translated through the "
+        "vocabulary map (mined) or their own tokenization (natural)",
+    )
+    parser.add_argument(
         "--chat", action="store_true", help="render PROMPT as one user message with each member's template"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -101,6 +107,7 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"weighting": args.weighting, "tau": args.tau, "reference": args.reference}
     out["scoring"] = args.scoring
+    out["alignment"] = args.alignment
     if args.weights is not None:
         try:
             out["weights"] = tuple(float(w) for w in args.weights.split(","))

@@ -64,6 +64,12 @@ def add_eval_parser(sub: Any) -> None:
         "'own'; several modes, comma-separated, are compared side by side (e.g. reference,own)",
     )
     p.add_argument(
+        "--alignment",
+        metavar="MODE[,MODE]",
+        help="how members with other tokenizers read the text: 'mined' (default) or 'natural'; several modes, "
+        "comma-separated, are compared side by side",
+    )
+    p.add_argument(
         "--weights-on",
         choices=("context", "full"),
         default="context",
@@ -154,12 +160,19 @@ def run_eval(args: argparse.Namespace) -> int:
         scorings = [m.strip() for m in args.scoring.split(",") if m.strip()]
         for mode in scorings:
             GenerationConfig().merged(scoring=mode)
+    alignments = None
+    if args.alignment is not None:
+        alignments = [m.strip() for m in args.alignment.split(",") if m.strip()]
+        for mode in alignments:
+            GenerationConfig().merged(alignment=mode)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     tasks = [parse_task(spec, args) for spec in args.tasks]
     specs = [parse_spec(s) for s in args.model or []]
     engine = PackEngine.from_models(specs, progress=not args.quiet)
     shared = {k: v for k, v in overrides.items() if v is not None}
-    columns = standard_methods(engine, methods, fixed=fixed, members=args.members, scorings=scorings, **shared)
+    columns = standard_methods(
+        engine, methods, fixed=fixed, members=args.members, scorings=scorings, alignments=alignments, **shared
+    )
     report = evaluate(
         engine, tasks, columns, batch_size=args.batch_size, weights_on=args.weights_on, progress=not args.quiet
     )

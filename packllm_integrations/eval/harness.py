@@ -96,6 +96,7 @@ class Method:
             "tau": cfg.tau if cfg else None,
             "reference": cfg.reference if cfg else None,
             "scoring": getattr(cfg, "scoring", None) if cfg else None,
+            "alignment": getattr(cfg, "alignment", None) if cfg else None,
         }
 
 
@@ -111,6 +112,7 @@ def standard_methods(
     fixed: Sequence[float] | None = None,
     members: str = "native",
     scorings: Sequence[str] | None = None,
+    alignments: Sequence[str] | None = None,
     **overrides: Any,
 ) -> list[Method]:
     """The methods to compare: each member alone, then the pack's weightings.
@@ -125,6 +127,9 @@ def standard_methods(
             from the same forward passes): ``top1``, ``sim`` and ``opt`` are repeated for each,
             the first keeping the plain names and the others named ``"sim[own]"``...;
             ``uniform`` and ``fixed`` do not depend on it and appear once.
+        alignments: values of the config's ``alignment`` field to compare side by side;
+            every fused method is repeated for each (``"sim[natural]"``,
+            ``"sim[natural,own]"`` with scorings too).
         **overrides: config fields shared by every fused method (``reference``, ``tau``...).
 
     >>> [m.name for m in standard_methods(engine)]  # doctest: +SKIP
@@ -135,11 +140,15 @@ def standard_methods(
     for key in ("weighting", "weights"):
         if key in overrides:
             raise ConfigError(key, overrides[key], "no value here: choose weightings with 'methods' and 'fixed'")
-    if scorings is not None:
-        if "scoring" in overrides:
-            raise ConfigError("scoring", overrides["scoring"], "no value here when 'scorings' is given")
-        if isinstance(scorings, str) or not scorings or len(set(scorings)) != len(scorings):
-            raise ConfigError("scorings", scorings, "a list of distinct scoring modes, e.g. ['reference', 'own']")
+    choices = (("scoring", scorings, "reference', 'own"), ("alignment", alignments, "mined', 'natural"))
+    for key, values, example in choices:
+        if values is None:
+            continue
+        if key in overrides:
+            raise ConfigError(key, overrides[key], f"no value here when '{key}s' is given")
+        if isinstance(values, str) or not values or len(set(values)) != len(values):
+            raise ConfigError(f"{key}s", values, f"a list of distinct {key} modes, e.g. ['{example}']")
+    kinds: list[str | None] = list(alignments) if alignments is not None else [None]
     modes: list[str | None] = list(scorings) if scorings is not None else [None]
     names = list(methods)
     if fixed is not None and "fixed" not in names:
@@ -152,16 +161,19 @@ def standard_methods(
                     out.append(Method(member, "member", member=member))
                 if members in ("pack", "both"):
                     out.append(Method(f"{member}[pack]", "member-in-pack", _one_hot(engine, k, **overrides), member))
-        elif name == "fixed":
-            if fixed is None:
+        elif name in ("fixed", "uniform") or name in FUSED_METHODS:
+            if name == "fixed" and fixed is None:
                 raise ConfigError("fixed", None, "member weights when the 'fixed' method is asked for")
-            out.append(Method("fixed", "fused", engine.resolve(weighting="fixed", weights=tuple(fixed), **overrides)))
-        elif name == "uniform":
-            out.append(Method(name, "fused", engine.resolve(weighting=name, **overrides)))
-        elif name in FUSED_METHODS:
-            for i, mode in enumerate(modes):
-                label = name if i == 0 else f"{name}[{mode}]"
-                settings = dict(overrides) if mode is None else {**overrides, "scoring": mode}
+            extra = {"weights": tuple(fixed)} if name == "fixed" and fixed is not None else {}
+            variants = [(a, None) for a in kinds] if name in ("fixed", "uniform") else _variants(kinds, modes)
+            for i, (kind, mode) in enumerate(variants):
+                tags = [v for v, given in ((kind, alignments), (mode, scorings)) if given is not None and v is not None]
+                label = name if i == 0 or not tags else f"{name}[{','.join(tags)}]"
+                settings = {**overrides, **extra}
+                if kind is not None:
+                    settings["alignment"] = kind
+                if mode is not None:
+                    settings["scoring"] = mode
                 out.append(Method(label, "fused", engine.resolve(weighting=name, **settings)))
         else:
             raise ConfigError("methods", name, f"'members', 'fixed' or one of {', '.join(FUSED_METHODS)}")
@@ -169,6 +181,10 @@ def standard_methods(
     if len(set(seen)) != len(seen):
         raise ConfigError("methods", seen, "distinct methods")
     return out
+
+
+def _variants(kinds: Sequence[str | None], modes: Sequence[str | None]) -> list[tuple[str | None, str | None]]:
+    return [(kind, mode) for kind in kinds for mode in modes]
 
 
 @dataclass

@@ -45,6 +45,7 @@ _SETTINGS = (
     "weights",
     "reference",
     "scoring",
+    "alignment",
 )
 _BACKOFF_S = 0.5  # first wait before a retry; doubled for each further one
 
@@ -103,6 +104,11 @@ class PackSettings(BaseModel):
     """How members with different tokenizers score the prompt: 'reference' (the authors'
     way, on the reference member's translated tokens) or 'own' (each on its own
     tokenization, per byte). None: the engine's default."""
+
+    alignment: str | None = None
+    """How members with other tokenizers read the text: 'mined' (the reference's tokens
+    translated through the vocabulary map) or 'natural' (their own tokenization).
+    None: the engine's default."""
 
     timeout: float | None = Field(default=None, gt=0)
     """Seconds one call may take; checked between decoding steps, then ``TimeoutError``."""

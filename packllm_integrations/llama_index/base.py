@@ -43,6 +43,7 @@ _SETTINGS = (
     "weights",
     "reference",
     "scoring",
+    "alignment",
 )
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -120,6 +121,11 @@ class PackLLM(CustomLLM):
         default=None,
         description="How members with different tokenizers score the prompt: 'reference' (translated reference "
         "tokens, the authors' way) or 'own' (each member's own tokenization, per byte).",
+    )
+    alignment: str | None = Field(
+        default=None,
+        description="How members with other tokenizers read the text: 'mined' (the reference's tokens translated "
+        "through the vocabulary map) or 'natural' (their own tokenization).",
     )
     is_chat_model: bool | None = Field(
         default=None,
