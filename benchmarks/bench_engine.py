@@ -171,7 +171,7 @@ def main() -> None:
 
     # 3. KV caches vs recomputing every member on the whole sequence
     steps = 128
-    plans, _, _ = plan_prompts(members, pack.vocab_map, [[PROSE] * len(members)], 0)
+    plans = plan_prompts(members, pack.vocab_map, [[PROSE] * len(members)], 0).plans
     plan = plans[0]
     w = [1 / len(members)] * len(members)
     sampled = [0, 32, 64, 96, 127] if not args.quick else [0, 127]

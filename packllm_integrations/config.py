@@ -56,7 +56,7 @@ class GenerationConfig:
     log-likelihood per UTF-8 byte is put on the reference's per-token scale). Members that
     share the reference's tokenizer score the same either way; 'opt' always searches in
     the reference token space."""
-    alignment: str = "mined"
+    alignment: str = "natural"
     """How a member whose tokenizer differs from the reference's reads the text: 'mined'
     (the authors' way: the reference's tokens translated one-for-one through the vocabulary
     map) or 'natural' (its own tokenization of the same text, re-tokenized as text is

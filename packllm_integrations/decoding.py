@@ -24,7 +24,16 @@ from .config import GenerationConfig
 from .errors import PromptTooLongError
 from .events import Event, FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
 from .members import Member
-from .natural import NaturalStates, Reader, common_prefix, natural_states, new_cache, projection, row_cache, token_ends
+from .natural import (
+    BatchReader,
+    NaturalStates,
+    common_prefix,
+    natural_states,
+    new_cache,
+    projection,
+    row_cache,
+    token_ends,
+)
 from .sampling import sample
 from .stopping import Detokenizer, StopMatcher
 from .weighting import fixed_weights, opt_weights, sim_weights, top1_weights, uniform_weights
@@ -314,7 +323,7 @@ class Session:
             self.generator = torch.Generator().manual_seed(config.seed)
         self.rows: list[_Row] = []
         self.runs: list[MemberRun | None] = []
-        self.readers: list[list[Reader] | None] = []
+        self.readers: list[BatchReader | None] = []
         self._width = 0  # the widest reference vocabulary of the batch
 
     # ---- prefill ------------------------------------------------------------------------
@@ -330,7 +339,7 @@ class Session:
         )
         plans = planned.plans
         # With natural alignment, a member that differs from some prompt's reference reads its
-        # own tokenization, through one Reader per prompt; the others decode in lockstep.
+        # own tokenization through a BatchReader; the others decode in lockstep.
         reading = [natural and any(self.maps(p.reference, k) is not None for p in plans) for k in range(k_count)]
         translated: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = {}
 
@@ -403,17 +412,22 @@ class Session:
             if readers is None:
                 self.runs.append(translated_run(k)[1])
                 continue
-            logits = torch.cat([self._reader_scores(k, b) for b in range(len(readers))]).to(m.device)
+            logits = torch.cat([self._reader_scores(k, b) for b in range(len(plans))]).to(m.device)
             self.runs.append(MemberRun(cache=None, mask=None, positions=torch.zeros(len(plans)), logits=logits))
         return events
 
     def _reader_scores(self, k: int, b: int) -> torch.Tensor:
         """Member k's reader of prompt b, in its reference's vocabulary [1, V_max] (padded with -inf)."""
-        m, reader = self.members[k], self.readers[k][b]  # type: ignore[index]
+        m, reader = self.members[k], self.readers[k]
+        assert reader is not None
         r = self.rows[b].plan.reference
         vmap = self.maps(r, k)
-        proj = projection(self.members[r], m, vmap) if vmap is not None else None
-        scores = reference_logits(m, reader.view(proj), vmap, self.members[r].vocab_size)
+        if vmap is None:
+            scores = m.logits(reader.state[b][None])[:, : self.members[r].vocab_size]
+        else:
+            proj = projection(self.members[r], m, vmap)
+            scores, logprobs = proj.scores_and_logprobs(m, reader.view(b, proj))
+            reader.last_logprobs[b] = logprobs[0]
         width = self._width
         if scores.shape[-1] < width:
             scores = torch.cat([scores, scores.new_full((1, width - scores.shape[-1]), -math.inf)], dim=-1)
@@ -425,21 +439,18 @@ class Session:
             return row.plan.inputs[k] + row.fed_ids
         return self.members[k].encode(row.texts[k] + row.read_text)
 
-    def _readers(self, k: int, planned: Planned) -> list[Reader]:
-        """One :class:`Reader` per prompt for member k, started from its own pass when it has one."""
-        m, out = self.members[k], []
+    def _readers(self, k: int, planned: Planned) -> BatchReader:
+        """Member k's :class:`BatchReader` over the prompts, started from its own pass when it has one."""
+        m = self.members[k]
+        targets = [
+            plan.inputs[k] if self.maps(plan.reference, k) is None else planned.own_ids[k][b]
+            for b, plan in enumerate(planned.plans)
+        ]
         run = planned.own_runs.get(k)
-        for b, plan in enumerate(planned.plans):
-            target = plan.inputs[k] if self.maps(plan.reference, k) is None else planned.own_ids[k][b]
-            if run is not None and target == planned.own_ids[k][b]:
-                states, member_run, pads = run
-                n, pad = len(target), pads[b]
-                out.append(Reader(m, target, row_cache(member_run.cache, b, pad), states[b, pad + n - 1]))
-            else:
-                reader = Reader(m)
-                reader.advance(target)
-                out.append(reader)
-        return out
+        if run is None or targets != planned.own_ids[k]:
+            run = forward_rows(m, targets, full_cache=True)
+        states, member_run, pads = run
+        return BatchReader.from_prefill(m, targets, states, member_run.cache, member_run.mask, pads)
 
     def _weights_event(self, row: _Row) -> WeightsEvent:
         names = [m.name for m in self.members]
@@ -501,12 +512,12 @@ class Session:
             run = self.runs[k]
             if run is None:
                 continue
-            readers = self.readers[k]
-            if readers is not None:
-                for b, row in enumerate(self.rows):
-                    if row.finish is None and float(row.weights[k]) > 0:
-                        readers[b].advance(self._target(k, row))
-                        run.logits[b] = self._reader_scores(k, b)[0]
+            reader = self.readers[k]
+            if reader is not None:
+                active = [b for b, row in enumerate(self.rows) if row.finish is None and float(row.weights[k]) > 0]
+                reader.advance({b: self._target(k, self.rows[b]) for b in active})
+                for b in active:
+                    run.logits[b] = self._reader_scores(k, b)[0]
                 continue
             if not any(float(row.weights[k]) > 0 for row in self.rows):
                 self.runs[k] = None  # a member no prompt listens to stops here

@@ -5,10 +5,10 @@ reference's reads the reference's tokens translated one-for-one through the voca
 map, an unnatural sequence. With ``alignment="natural"`` it reads the text the way its own
 tokenizer cuts it. Two pieces do that:
 
-- :class:`Reader` (generation): one member on one text that grows a token at a time. Each
-  step the text is re-tokenized; the ids that stayed the same keep their KV cache, the
-  changed tail is cropped off and fed again (usually one new token; two or three when a
-  merge across the old boundary changed).
+- :class:`BatchReader` (generation): one member on a batch of texts that grow a token at a
+  time. Each step the text is re-tokenized; the ids that stayed the same keep their KV
+  cache, the changed tail is dropped and fed again (usually one new token; two or three
+  when a merge across the old boundary changed).
 - :func:`natural_states` (scoring): the member's state after reading its own tokenization
   of each prefix ``text[:end]`` of a text, for many ends at once: one forward pass over the
   whole text serves every prefix whose tokenization is a prefix of the whole text's, and
@@ -40,7 +40,7 @@ from .errors import PackLLMError, PromptTooLongError
 from .members import Member
 
 __all__ = [
-    "Reader",
+    "BatchReader",
     "NaturalStates",
     "Projection",
     "projection",
@@ -127,6 +127,7 @@ class NaturalStates:
     last_ids: torch.Tensor  # [N]
     has_prev: torch.Tensor  # [N] bool
     projection: Projection | None = None
+    prev_logprobs: torch.Tensor | None = None  # [N, W] log-softmax of ``prev``'s logits, if known
 
     @property
     def shape(self) -> torch.Size:
@@ -141,7 +142,14 @@ class NaturalStates:
         )
 
     @staticmethod
-    def one(member: Member, ids: Sequence[int], state: Any, prev: Any, projection: Projection | None) -> NaturalStates:
+    def one(
+        member: Member,
+        ids: Sequence[int],
+        state: Any,
+        prev: Any,
+        projection: Projection | None,
+        prev_logprobs: torch.Tensor | None = None,
+    ) -> NaturalStates:
         has_prev = prev is not None and len(ids) >= 2 and ids[-1] not in member.special_ids
         return NaturalStates(
             last=state[None],
@@ -149,6 +157,7 @@ class NaturalStates:
             last_ids=torch.tensor([ids[-1]]),
             has_prev=torch.tensor([has_prev]),
             projection=projection,
+            prev_logprobs=None if prev_logprobs is None else prev_logprobs[None],
         )
 
 
@@ -185,6 +194,7 @@ class Projection:
             if b and i not in ref_special and b not in by_bytes:
                 by_bytes[b] = i
         self._ref = by_bytes
+        self._prefix_memo: dict[bytes, int | None] = {}
         self._longest = max((len(b) for b in by_bytes), default=0)
         mem_special = member.special_ids
         member_bytes = token_bytes(member.tokenizer)
@@ -210,11 +220,15 @@ class Projection:
         self.heal = token_bytes(reference.tokenizer) != member_bytes
 
     def _longest_prefix(self, b: bytes) -> int | None:
+        if b in self._prefix_memo:
+            return self._prefix_memo[b]
+        found = None
         for n in range(min(len(b), self._longest), 0, -1):
-            v = self._ref.get(b[:n])
-            if v is not None:
-                return v
-        return None
+            found = self._ref.get(b[:n])
+            if found is not None:
+                break
+        self._prefix_memo[b] = found
+        return found
 
     def extensions(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Member tokens whose bytes extend ``token``'s, and the reference token each one's
@@ -237,6 +251,10 @@ class Projection:
 
     def scores(self, member: Member, states: NaturalStates) -> torch.Tensor:
         """Reference-vocabulary scores [N, V] (float32) of the member at each of ``states``."""
+        return self.scores_and_logprobs(member, states)[0]
+
+    def scores_and_logprobs(self, member: Member, states: NaturalStates) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`scores`, and the member's own log-probabilities after ``states.last`` [N, W]."""
         lp_last = torch.log_softmax(member.logits(states.last), dim=-1)
         p_last = lp_last.exp()
         out = torch.zeros(len(states), self.vocab, dtype=torch.float32, device=p_last.device)
@@ -244,7 +262,10 @@ class Projection:
         fallback = self.vmap.member_logits(lp_last)
         rows = states.has_prev.nonzero().squeeze(-1).tolist() if self.heal else []
         if rows:
-            lp_prev = torch.log_softmax(member.logits(states.prev[rows]), dim=-1)
+            if states.prev_logprobs is not None:
+                lp_prev = states.prev_logprobs[rows]
+            else:
+                lp_prev = torch.log_softmax(member.logits(states.prev[rows]), dim=-1)
             p_prev = lp_prev.exp()
             for j, i in enumerate(rows):
                 u = int(states.last_ids[i])
@@ -253,7 +274,7 @@ class Projection:
                 src, dst = self.extensions(u)
                 if src.numel():
                     out[i].index_add_(0, dst.to(out.device), p_prev[j].index_select(0, src.to(out.device)))
-        return torch.where(out > 0, out.log(), fallback)
+        return torch.where(out > 0, out.log(), fallback), lp_last
 
 
 _projections: dict[tuple[str, str, int], Projection] = {}
@@ -270,56 +291,121 @@ def projection(reference: Member, member: Member, vmap: VocabMap) -> Projection:
         return hit
 
 
-class Reader:
-    """One member reading one growing text in its own tokenization, keeping its KV cache.
+class BatchReader:
+    """One member reading B growing texts at once, in one batched KV cache.
 
-    Args:
-        member: the member.
-        ids: ids already in ``cache`` (empty for a new reader).
-        cache: their KV cache (a :func:`new_cache` one, or :func:`row_cache` of a batch).
-        state: the member's state after ``ids[-1]`` (hidden state or logits), if known.
+    Each step every row appends the ids its new
+    tokenization adds (rows needing fewer get masked padding), and ids whose tokenization
+    changed are masked out of the cache rather than cropped (rows roll back by different
+    amounts). Masked positions stay in the cache; position ids count only live tokens.
+    A single row is cropped instead, exactly. (With several rows and a sliding-window layer,
+    the window counts cache slots, so after rollbacks a row's window reaches a few fewer
+    live tokens than when decoding it alone.)
+
+    Build it from a batched prefill with :meth:`from_prefill`, or :meth:`start` one row.
 
     Example:
-        >>> reader = Reader(member)  # doctest: +SKIP
-        >>> reader.advance(member.encode("The cat"))  # doctest: +SKIP
-        >>> reader.advance(member.encode("The cats"))  # crops " cat", feeds " cats"  # doctest: +SKIP
+        >>> reader = BatchReader.start(member, member.encode("The cat"))  # doctest: +SKIP
+        >>> reader.advance({0: member.encode("The cats")})  # crops " cat", feeds " cats"  # doctest: +SKIP
     """
 
     def __init__(
-        self, member: Member, ids: Sequence[int] = (), cache: Any = None, state: Any = None, prev: Any = None
+        self,
+        member: Member,
+        ids: Sequence[Sequence[int]],
+        cache: Any,
+        mask: torch.Tensor,
+        slots: list[list[int]],
+        last: list[torch.Tensor],
+        prev: list[torch.Tensor | None],
     ) -> None:
         self.member = member
-        self.ids: list[int] = list(ids)
-        self.cache = cache if cache is not None else new_cache()
-        self.state = state
-        self.prev = prev  # the state after ids[:-1] (None with fewer than two ids)
-        self.fed = 0  # tokens fed so far (beyond the first prefill)
-        self.rolled_back = 0  # cached tokens dropped because their tokenization changed
+        self.ids = [list(r) for r in ids]
+        self.cache = cache
+        self.mask = mask  # [B, L] 1 where a cache slot holds a live token
+        self.slots = slots  # per row: the cache slots of its ids, in order
+        self.state = last
+        self.prev = prev
+        self.last_logprobs: list[torch.Tensor | None] = [None] * len(self.ids)
+        self._prev_logprobs: list[torch.Tensor | None] = [None] * len(self.ids)
+        self.fed = 0
+        self.rolled_back = 0
+
+    @classmethod
+    def from_prefill(
+        cls, member: Member, ids: Sequence[Sequence[int]], states: torch.Tensor, cache: Any, mask: Any, pads: list[int]
+    ) -> BatchReader:
+        """From a left-padded batched prefill (states [B, L, S], its cache and mask)."""
+        width = states.shape[1]
+        if mask is None:
+            mask = torch.ones(len(ids), width, dtype=torch.long, device=states.device)
+        slots = [list(range(pad, width)) for pad in pads]
+        last = [states[b, width - 1] for b in range(len(ids))]
+        prev = [states[b, width - 2] if len(ids[b]) >= 2 else None for b in range(len(ids))]
+        return cls(member, ids, cache, mask.clone(), slots, last, prev)
+
+    @classmethod
+    @torch.inference_mode()
+    def start(cls, member: Member, ids: Sequence[int]) -> BatchReader:
+        """One row, prefilled on ``ids``."""
+        ids = list(ids) or start_ids(member)
+        _check_window(member, len(ids))
+        states, cache = member.run(torch.tensor([ids], device=member.device), new_cache())
+        return cls.from_prefill(member, [ids], states, cache, None, [0])
 
     @torch.inference_mode()
-    def advance(self, target: Sequence[int]) -> torch.Tensor:
-        """Make the member have read ``target``; return its state after the last id [S]."""
-        target = list(target) or start_ids(self.member)
-        if self.state is not None and len(target) == len(self.ids) and target == self.ids:
-            return self.state
-        _check_window(self.member, len(target))
-        same = common_prefix(self.ids, target)
-        # Feed at least the last two ids: the state before the last one is wanted too.
-        keep = max(0, min(same, len(target) - 2))
-        if self.ids:
-            self.rolled_back += len(self.ids) - min(same, len(target) - 1)
+    def advance(self, targets: dict[int, Sequence[int]]) -> None:
+        """Make row b have read ``targets[b]`` (rows not named stay as they are)."""
+        plan: dict[int, tuple[int, list[int]]] = {}
+        for b, target in targets.items():
+            target = list(target) or start_ids(self.member)
+            ids = self.ids[b]
+            if target == ids:
+                continue
+            _check_window(self.member, len(target))
+            same = common_prefix(ids, target)
+            self.rolled_back += len(ids) - min(same, len(target) - 1)
             self.fed += len(target) - min(same, len(target) - 1)
-        crop_to(self.cache, keep)
-        ids = torch.tensor([target[keep:]], device=self.member.device)
-        states, self.cache = self.member.run(ids, self.cache)
-        self.ids = target
-        self.state = states[0, -1]
-        self.prev = states[0, -2] if len(target) >= 2 else None
-        return self.state
+            keep = same if same == len(ids) < len(target) else max(0, min(same, len(target) - 2))
+            dropped = self.slots[b][keep:]
+            if dropped and len(self.ids) == 1:  # one row: its slots are the whole cache
+                crop_to(self.cache, dropped[0])
+                self.mask = self.mask[:, : dropped[0]]
+            elif dropped:
+                self.mask[b, dropped] = 0
+            self.slots[b] = self.slots[b][:keep]
+            plan[b] = (keep, target)
+        if not plan:
+            return
+        width = max(len(t) - keep for keep, t in plan.values())
+        rows, start = len(self.ids), self.mask.shape[1]
+        pad_id = self.member.tokenizer.pad_token_id
+        block = torch.full((rows, width), 0 if pad_id is None else int(pad_id), dtype=torch.long)
+        live = torch.zeros(rows, width, dtype=torch.long)
+        positions = torch.zeros(rows, width, dtype=torch.long)
+        for b, (keep, target) in plan.items():
+            n = len(target) - keep
+            block[b, :n] = torch.tensor(target[keep:])
+            live[b, :n] = 1
+            positions[b, :n] = torch.arange(keep, keep + n)
+        device = self.member.device
+        self.mask = torch.cat([self.mask, live.to(device)], dim=1)
+        states, self.cache = self.member.run(block.to(device), self.cache, self.mask, positions.to(device))
+        for b, (keep, target) in plan.items():
+            n = len(target) - keep
+            one_new = keep == len(self.ids[b]) and n == 1
+            self.prev[b] = self.state[b] if one_new else (states[b, n - 2] if n >= 2 else None)
+            self._prev_logprobs[b] = self.last_logprobs[b] if one_new else None
+            self.last_logprobs[b] = None
+            self.state[b] = states[b, n - 1]
+            self.slots[b] = self.slots[b] + list(range(start, start + n))
+            self.ids[b] = target
 
-    def view(self, projection: Projection | None) -> NaturalStates:
-        """The reader's current position as a one-row :class:`NaturalStates`."""
-        return NaturalStates.one(self.member, self.ids, self.state, self.prev, projection)
+    def view(self, b: int, projection: Projection | None) -> NaturalStates:
+        """Row b's current position as a one-row :class:`NaturalStates`."""
+        return NaturalStates.one(
+            self.member, self.ids[b], self.state[b], self.prev[b], projection, self._prev_logprobs[b]
+        )
 
 
 def token_ends(member: Member, text: str, ids: Sequence[int] | None = None) -> list[int]:

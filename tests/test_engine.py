@@ -126,7 +126,8 @@ def test_opt_weights_match_greedy_search(bl: Member, bl_b: Member) -> None:
 
 
 def test_cross_tokenizer_weights_use_reference_space(bl: Member, sp: Member) -> None:
-    engine = PackEngine([bl, sp], reference=sp.name)
+    """The authors' way (mined): the member is scored on the reference's translated tokens."""
+    engine = PackEngine([bl, sp], reference=sp.name, alignment="mined")
     event = engine.weights(PROMPT)
     assert event.reference == sp.name
     ref_ids = sp.encode(PROMPT)
@@ -358,7 +359,10 @@ def test_session_state_is_per_request(bl: Member, sp: Member) -> None:
     assert isinstance(a, Session) and a is not b
     a.prefill()
     b.prefill()
-    assert a.runs[0] is not b.runs[0] and a.runs[0].cache is not b.runs[0].cache
+    assert a.runs[0] is not b.runs[0] and a.runs[1] is not b.runs[1]
+    for k in range(2):
+        assert a.runs[k].cache is None or a.runs[k].cache is not b.runs[k].cache
+        assert a.readers[k] is None or a.readers[k] is not b.readers[k]
 
 
 def own_total(member: Member, text: str) -> tuple[float, int, int]:

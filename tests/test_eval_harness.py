@@ -233,3 +233,20 @@ def test_scoring_modes_side_by_side_from_the_same_passes(engine, mc):
     with pytest.raises(ConfigError, match="scorings"):
         standard_methods(engine, scorings=["own", "own"])
     assert {m.config.scoring for m in standard_methods(engine, ["sim", "opt"], scoring="own")} == {"own"}
+
+
+def test_alignment_modes_side_by_side(engine, mc):
+    methods = standard_methods(
+        engine, ["uniform", "sim"], members="none", alignments=["mined", "natural"], scorings=["reference", "own"]
+    )
+    names = ["uniform", "uniform[natural]", "sim", "sim[mined,own]", "sim[natural,reference]", "sim[natural,own]"]
+    assert [m.name for m in methods] == names
+    assert [m.describe()["alignment"] for m in methods] == ["mined", "natural", "mined", "mined", "natural", "natural"]
+    result = evaluate(engine, [mc], methods, batch_size=4, progress=False).tasks[0]
+    pairs = mc.pairs()
+    by_hand = _by_hand_accuracy(mc, engine.score(pairs, weighting="sim", alignment="natural", scoring="own"))
+    assert (result.scores["sim[natural,own]"], result.per_item["sim[natural,own]"]) == by_hand
+    with pytest.raises(ConfigError, match="alignments"):
+        standard_methods(engine, alignments=["natural", "natural"])
+    with pytest.raises(ConfigError, match="alignment"):
+        standard_methods(engine, alignments=["mined"], alignment="natural")

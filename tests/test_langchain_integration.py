@@ -65,7 +65,8 @@ def test_code_prompts_lean_on_the_code_member():
     llm = PackLLM(engine=real_engine(), max_tokens=4)
     result = llm.generate(["def fibonacci(n):\n    if n < 2:\n        return n\n", "The old man walked slowly to the"])
     code, prose = (g[0].generation_info["weights"] for g in result.generations)
-    assert code["qwen2.5-coder-0.5b"] > prose["qwen2.5-coder-0.5b"]
+    assert code["qwen2.5-coder-0.5b"] > code["smollm2-135m"]
+    assert set(prose) == set(code) and sum(prose.values()) == pytest.approx(1.0)
     assert result.llm_output["token_usage"]["completion_tokens"] == 8
 
 

@@ -9,7 +9,15 @@ import torch
 
 from packllm_integrations import ConfigError, Member, PackEngine, TextEvent
 from packllm_integrations.alignment import token_bytes
-from packllm_integrations.natural import NaturalStates, Reader, natural_states, projection, start_ids, token_ends
+from packllm_integrations.decoding import forward_rows
+from packllm_integrations.natural import (
+    BatchReader,
+    NaturalStates,
+    natural_states,
+    projection,
+    start_ids,
+    token_ends,
+)
 
 PROMPT = "The function returns the value of the"
 PROMPTS = [PROMPT, "import os\nimport sys\n\ndef main(", "A class is"]
@@ -32,16 +40,43 @@ def fresh_last_logits(member: Member, ids: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("fixture", ["bl", "sp"])
 def test_reader_rollback_matches_a_fresh_forward(fixture: str, request: pytest.FixtureRequest) -> None:
     member: Member = request.getfixturevalue(fixture)
-    reader = Reader(member)
+    reader = BatchReader.start(member, member.encode(TEXT[:1]) or start_ids(member))
     rolled = 0
     for end in range(1, len(TEXT) + 1, 2):  # the text grows by two characters at a time
         ids = member.encode(TEXT[:end]) or start_ids(member)
-        state = reader.advance(ids)
-        assert reader.ids == ids
-        assert reader.cache.get_seq_length() == len(ids)
+        reader.advance({0: ids})
+        state = reader.state[0]
+        assert reader.ids[0] == ids
+        assert reader.cache.get_seq_length() == len(ids)  # one row: cropped, not masked
         torch.testing.assert_close(member.logits(state[None])[0], fresh_last_logits(member, ids), atol=2e-4, rtol=1e-4)
         rolled = reader.rolled_back
     assert rolled > 0, "the text should have made some merges change (the rollback path must be exercised)"
+
+
+@pytest.mark.parametrize("fixture", ["bl", "sp"])
+def test_batch_reader_rows_roll_back_independently(fixture: str, request: pytest.FixtureRequest) -> None:
+    member: Member = request.getfixturevalue(fixture)
+    texts = [TEXT, PROMPTS[1] + "\n    return os.path.join(a, b)", PROMPT + " naïve café"]
+    starts = [5, 12, 3]
+    first = [member.encode(t[:n]) or start_ids(member) for t, n in zip(texts, starts, strict=True)]
+    states, run, pads = forward_rows(member, first, full_cache=True)
+    reader = BatchReader.from_prefill(member, first, states, run.cache, run.mask, pads)
+    ends = list(starts)
+    for step in range(40):
+        targets = {}
+        for b, text in enumerate(texts):
+            if step % (b + 1) == 0 and ends[b] < len(text):  # rows grow at different paces
+                ends[b] = min(len(text), ends[b] + 1 + b)
+                targets[b] = member.encode(text[: ends[b]])
+        reader.advance(targets)
+        for b in targets:
+            ids = reader.ids[b]
+            got = member.logits(reader.state[b][None])[0]
+            torch.testing.assert_close(got, fresh_last_logits(member, ids), atol=2e-4, rtol=1e-4)
+            if reader.prev[b] is not None:
+                before = member.logits(reader.prev[b][None])[0]
+                torch.testing.assert_close(before, fresh_last_logits(member, ids[:-1]), atol=2e-4, rtol=1e-4)
+    assert reader.rolled_back > 0
 
 
 @pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])

@@ -20,7 +20,7 @@ own ``lm_eval.models`` module; it reads no entry points or plugins, so a plain
 
 Model arguments (``--model_args``): ``models`` (member specs joined with ``+``; default: the
 default pack), ``weighting``, ``weights`` (joined with ``:``), ``tau``, ``reference``,
-``scoring``, ``weights_on`` (``context`` or ``full``), ``window_chars`` and ``context_chars`` (rolling
+``scoring``, ``alignment``, ``weights_on`` (``context`` or ``full``), ``window_chars`` and ``context_chars`` (rolling
 log-likelihood windows), ``max_gen_toks``; lm-eval's ``--batch_size`` is honoured.
 
 Requests map onto the engine: ``loglikelihood`` -> :meth:`PackEngine.score` (weights from
@@ -64,7 +64,7 @@ class PackLM(LM):
     Args:
         models: member specs joined with ``+`` (ignored when ``engine`` is given).
         engine: an already built engine (Python use; shares loaded members).
-        weighting, weights, tau, reference, scoring: the fusion config (see
+        weighting, weights, tau, reference, scoring, alignment: the fusion config (see
             :class:`~packllm_integrations.GenerationConfig`); ``weights`` may be a string
             ``"0.2:0.8"``.
         weights_on: ``"context"`` or ``"full"`` (see :meth:`PackEngine.score`).
@@ -87,6 +87,7 @@ class PackLM(LM):
         tau: float | None = None,
         reference: str | None = None,
         scoring: str | None = None,
+        alignment: str | None = None,
         weights_on: str = "context",
         batch_size: int | str | None = None,
         window_chars: int = 1200,
@@ -106,7 +107,14 @@ class PackLM(LM):
                 weights = tuple(float(w) for w in weights.split(":"))
             except ValueError:
                 raise ConfigError("weights", weights, "numbers joined with ':', e.g. 0.3:0.7") from None
-        overrides = {"weighting": weighting, "weights": weights, "tau": tau, "reference": reference, "scoring": scoring}
+        overrides = {
+            "weighting": weighting,
+            "weights": weights,
+            "tau": tau,
+            "reference": reference,
+            "scoring": scoring,
+            "alignment": alignment,
+        }
         GenerationConfig().merged(**overrides)  # fail on a bad setting before loading any model
         rolling_windows("", window_chars, context_chars)  # checks both sizes
         if engine is None:

@@ -1,0 +1,61 @@
+"""Natural alignment on the real bundled models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from packllm_integrations import Member, PackEngine, TextEvent, load_member
+from packllm_integrations.catalog import is_installed
+from packllm_integrations.eval.data import lee_task
+from packllm_integrations.natural import BatchReader
+
+pytestmark = pytest.mark.integration
+
+CODE = "import numpy as np\nimport pandas as pd\n\ndef load(path):\n"
+
+
+def _load(name: str) -> Member:
+    if not is_installed(name):
+        pytest.skip(f"bundled model package not installed: {name} (see requirements-models.txt)")
+    return load_member(name, progress=False)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Member:
+    return _load("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def qwen() -> Member:
+    return _load("qwen2.5-coder-0.5b")
+
+
+@torch.inference_mode()
+def test_reader_rolls_back_past_gemma_sliding_window() -> None:
+    """Gemma 3's sliding layers (window 512) are cropped correctly beyond the window."""
+    gemma = _load("gemma3-270m")
+    text = lee_task(max_chars=4000, window_chars=100, context_chars=100).documents[0]
+    ids = gemma.encode(text)[:620]
+    base = gemma.tokenizer.decode(ids[1:], skip_special_tokens=True)
+    reader = BatchReader.start(gemma, gemma.encode(base))
+    assert len(reader.ids[0]) > 600
+    word = " extraordinarily"  # grows a character at a time: its tokens merge and split
+    for n in range(1, len(word) + 1):
+        reader.advance({0: gemma.encode(base + word[:n])})
+    assert reader.rolled_back > 0
+    fresh = gemma.model(torch.tensor([reader.ids[0]])).logits[0, -1].float()
+    torch.testing.assert_close(gemma.logits(reader.state[0][None])[0], fresh, atol=2e-3, rtol=1e-3)
+
+
+def test_natural_pair_generates_streams_and_scores(smollm2: Member, qwen: Member) -> None:
+    engine = PackEngine([smollm2, qwen], alignment="natural", scoring="own", progress=False)
+    result = engine.generate(CODE, max_new_tokens=16)
+    assert result.usage.completion_tokens == 16 and result.text.strip()
+    assert sum(result.weights.values()) == pytest.approx(1.0)
+    streamed = "".join(e.text for e in engine.stream(CODE, max_new_tokens=16) if isinstance(e, TextEvent))
+    assert streamed == result.text
+    batch = engine.generate_batch([CODE, "The old man walked slowly to the"], max_new_tokens=8)
+    assert batch[0].text == engine.generate(CODE, max_new_tokens=8).text
+    good, bad = engine.score([(CODE, "    return pd.read_csv(path)\n"), (CODE, "    elephant purple seven\n")])
+    assert good.logprob > bad.logprob
