@@ -14,7 +14,7 @@ PACKLLM=${PACKLLM:-packllm}
 run() {  # name, then the packllm eval arguments
     local name=$1
     shift
-    "$PACKLLM" eval "$@" --output "$RUNS/$name" --prefix "$name"
+    "$PACKLLM" eval "$@" --alignment mined --output "$RUNS/$name" --prefix "$name"  # as measured
 }
 
 run text lee stdlib:textwrap+shlex --max-chars 5000 --window-chars 1000 --context-chars 400 --batch-size 2
