@@ -237,7 +237,7 @@ def decode_part(members, data, packs, n: int) -> list[str]:  # type: ignore[no-u
                     elif isinstance(event, FinishEvent):
                         natural_t.append((time.perf_counter() - start) / max(event.result.usage.completion_tokens, 1))
                         steps = max(event.result.usage.completion_tokens - 1, 1)
-                readers = [r[0] for r in session.readers if r is not None]
+                readers = [r for r in session.readers if r is not None]
                 refed = sum(r.fed for r in readers) / len(readers) / steps if readers else 1.0
             s, m_, nat = min(sums), min(mined_t), min(natural_t)
             lines.append(
