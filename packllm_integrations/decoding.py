@@ -155,13 +155,16 @@ class Planned:
     own_ids: list[list[list[int]]]  # [member][prompt] the member's own tokenization
     own_runs: dict[int, tuple[torch.Tensor, MemberRun, list[int]]]  # member -> forward_rows on own_ids
     own_nll: list[list[OwnScore | None]]  # [prompt][member]
+    translated: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = field(default_factory=dict)
 
-    def reusable(self, k: int) -> tuple[torch.Tensor, MemberRun, list[int]] | None:
-        """Member k's own pass when it is also what it reads in "mined" alignment."""
-        run = self.own_runs.get(k)
-        if run is None or any(p.inputs[k] != self.own_ids[k][b] for b, p in enumerate(self.plans)):
-            return None
-        return run
+    def translated_run(self, members: Sequence[Member], k: int) -> tuple[torch.Tensor, MemberRun, list[int]]:
+        """Member k's pass on its "mined" inputs: its own pass when that is the same ids, else run once."""
+        if k not in self.translated:
+            run = self.own_runs.get(k)
+            if run is None or any(p.inputs[k] != self.own_ids[k][b] for b, p in enumerate(self.plans)):
+                run = forward_rows(members[k], [p.inputs[k] for p in self.plans])
+            self.translated[k] = run
+        return self.translated[k]
 
 
 def plan_prompts(
@@ -341,14 +344,6 @@ class Session:
         # With natural alignment, a member that differs from some prompt's reference reads its
         # own tokenization through a BatchReader; the others decode in lockstep.
         reading = [natural and any(self.maps(p.reference, k) is not None for p in plans) for k in range(k_count)]
-        translated: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = {}
-
-        def translated_run(k: int) -> tuple[torch.Tensor, MemberRun, list[int]]:
-            if k not in translated:
-                reused = planned.reusable(k)
-                translated[k] = reused or forward_rows(members[k], [p.inputs[k] for p in plans])
-            return translated[k]
-
         self.readers = [self._readers(k, planned) if reading[k] else None for k in range(k_count)]
         walked: dict[tuple[int, int], NaturalStates] = {}
         limit = min(m.context_window for m in members)
@@ -364,7 +359,7 @@ class Session:
                     if (k, b) not in walked:
                         walked[k, b] = walk_states(members, self.maps, self.texts, planned, k, b)[: length - 1]
                     return walked[k, b]
-                states, _, pads = translated_run(k)
+                states, _, pads = planned.translated_run(members, k)
                 return states[b, pads[b] : pads[b] + length - 1]
 
             nll_t = None
@@ -410,7 +405,7 @@ class Session:
         for k, m in enumerate(members):
             readers = self.readers[k]
             if readers is None:
-                self.runs.append(translated_run(k)[1])
+                self.runs.append(planned.translated_run(members, k)[1])
                 continue
             logits = torch.cat([self._reader_scores(k, b) for b in range(len(plans))]).to(m.device)
             self.runs.append(MemberRun(cache=None, mask=None, positions=torch.zeros(len(plans)), logits=logits))
@@ -610,14 +605,6 @@ def score_batch(
     planned = plan_prompts(
         members, maps, texts, reference, prompt_texts, own_scoring=own_scoring or natural, full_cache=natural
     )
-    translated: dict[int, tuple[torch.Tensor, MemberRun, list[int]]] = {}
-
-    def translated_run(k: int) -> tuple[torch.Tensor, MemberRun, list[int]]:
-        if k not in translated:
-            reused = planned.reusable(k)
-            translated[k] = reused or forward_rows(members[k], [p.inputs[k] for p in planned.plans])
-        return translated[k]
-
     names = [m.name for m in members]
     out: list[list[ScoreResult]] = [[] for _ in configs]
     for b, plan in enumerate(planned.plans):
@@ -639,7 +626,7 @@ def score_batch(
                 if alignment == "natural" and maps(r, k) is not None:
                     states.append(walk_states(members, maps, texts, planned, k, b)[:total])
                 else:
-                    st, _, pads = translated_run(k)
+                    st, _, pads = planned.translated_run(members, k)
                     states.append(st[b, pads[b] : pads[b] + total])
             nll_t = None
             if n_w > 1:

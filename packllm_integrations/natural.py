@@ -190,7 +190,8 @@ class Projection:
         self.vocab = reference.vocab_size
         ref_special = reference.special_ids
         by_bytes: dict[bytes, int] = {}
-        for i, b in enumerate(token_bytes(reference.tokenizer)[: self.vocab]):
+        reference_bytes = token_bytes(reference.tokenizer)
+        for i, b in enumerate(reference_bytes[: self.vocab]):
             if b and i not in ref_special and b not in by_bytes:
                 by_bytes[b] = i
         self._ref = by_bytes
@@ -217,7 +218,7 @@ class Projection:
         self._sorted = [b for b, _ in order]
         self._sorted_ids = [t for _, t in order]
         self._extensions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.heal = token_bytes(reference.tokenizer) != member_bytes
+        self.heal = reference_bytes != member_bytes
 
     def _longest_prefix(self, b: bytes) -> int | None:
         if b in self._prefix_memo:
@@ -418,12 +419,14 @@ def token_ends(member: Member, text: str, ids: Sequence[int] | None = None) -> l
     ids = member.encode(text) if ids is None else list(ids)
     try:
         enc = member.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
-        usable = list(enc["input_ids"]) == ids
-    except (NotImplementedError, KeyError, TypeError, ValueError):
-        usable = False
-    if not usable:
-        return _ends_by_decoding(member, text, ids)
+    except NotImplementedError:  # a tokenizer without character offsets (not a "fast" one)
+        raise PackLLMError(
+            f"member {member.name!r}: its tokenizer gives no character offsets, which natural alignment needs; "
+            "use alignment='mined'"
+        ) from None
+    if list(enc["input_ids"]) != ids:
+        raise PackLLMError(f"member {member.name!r}: its tokenizer encodes the text differently with offsets")
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
     special = member.special_ids
     n = len(offsets)
     starts = [len(text)] * (n + 1)  # starts[i]: smallest start of a text token at or after i
@@ -436,18 +439,6 @@ def token_ends(member: Member, text: str, ids: Sequence[int] | None = None) -> l
         if ids[i] not in special and e > s:
             covered = max(covered, e)
         ends.append(min(covered, starts[i + 1]))
-    return ends
-
-
-def _ends_by_decoding(member: Member, text: str, ids: Sequence[int]) -> list[int]:
-    """:func:`token_ends` for tokenizers without offsets: decode growing prefixes."""
-    ends = []
-    for i in range(len(ids)):
-        piece = member.tokenizer.decode(ids[: i + 1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        piece = piece.rstrip("\ufffd")
-        if not text.startswith(piece):
-            raise PackLLMError(f"member {member.name!r}: decoding its tokens does not give the text back")
-        ends.append(len(piece))
     return ends
 
 

@@ -40,3 +40,16 @@ def tiny_folder_bl(tmp_path_factory: pytest.TempPathFactory):
     member.model.save_pretrained(folder)
     member.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pack_folders(tmp_path_factory: pytest.TempPathFactory, bl, sp) -> list[str]:
+    """The two tiny members (byte-level, SentencePiece-style) saved as model folders named
+    ``tiny-a`` and ``tiny-b`` (what ``--model`` and lm-eval's ``models=`` read)."""
+    out = []
+    for name, member in (("tiny-a", bl), ("tiny-b", sp)):
+        folder = tmp_path_factory.mktemp("models") / name
+        member.model.save_pretrained(folder)
+        member.tokenizer.save_pretrained(folder)
+        out.append(str(folder))
+    return out

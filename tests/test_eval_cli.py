@@ -15,16 +15,9 @@ from packllm_integrations.eval import EvalReport
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory, bl, sp):
-    """The tiny members saved as Hugging Face model folders (what ``--model`` reads)."""
-    out = []
-    for name, member in (("tiny-a", bl), ("tiny-b", sp)):
-        folder = tmp_path_factory.mktemp("models") / name
-        member.model.save_pretrained(folder)
-        member.tokenizer.save_pretrained(folder)
-        out.append(str(folder))
-    return out
+@pytest.fixture
+def folders(tiny_pack_folders: list[str]) -> list[str]:
+    return tiny_pack_folders
 
 
 def _models(folders: list[str]) -> list[str]:

@@ -147,12 +147,12 @@ def test_simple_evaluate_on_local_tasks(engine, task_dir):
     assert results["packllm_demo_gen"]["exact_match,none"] == pytest.approx(matches / len(docs))
 
 
-def test_command_line_entry_point(folders_for_cli, task_dir, tmp_path, monkeypatch):
+def test_command_line_entry_point(tiny_pack_folders, task_dir, tmp_path, monkeypatch):
     """``python -m packllm_integrations.eval.lm_eval_cli`` registers the model, then runs lm-eval's CLI."""
     from packllm_integrations.eval.lm_eval_cli import main
 
     out = tmp_path / "out"
-    argv = ["run", "--model", "packllm", "--model_args", f"models={'+'.join(folders_for_cli)},weighting=opt"]
+    argv = ["run", "--model", "packllm", "--model_args", f"models={'+'.join(tiny_pack_folders)},weighting=opt"]
     argv += ["--tasks", "packllm_demo_mc", "--include_path", str(task_dir), "--output_path", str(out)]
     argv += ["--batch_size", "4"]
     monkeypatch.setattr(sys, "argv", ["lm_eval_cli"])
@@ -163,14 +163,3 @@ def test_command_line_entry_point(folders_for_cli, task_dir, tmp_path, monkeypat
     assert 0.0 <= saved["results"]["packllm_demo_mc"]["acc,none"] <= 1.0
     assert saved["config"]["model"] == "packllm"
     assert saved["config"]["packllm_weighting"] == "opt"
-
-
-@pytest.fixture(scope="module")
-def folders_for_cli(tmp_path_factory, bl, sp):
-    out = []
-    for name, member in (("tiny-a", bl), ("tiny-b", sp)):
-        folder = tmp_path_factory.mktemp("models") / name
-        member.model.save_pretrained(folder)
-        member.tokenizer.save_pretrained(folder)
-        out.append(str(folder))
-    return out
