@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pydoc_data.topics
+
 import pytest
 import torch
 
 from packllm_integrations import Member, PackEngine, TextEvent, load_member
 from packllm_integrations.catalog import is_installed
-from packllm_integrations.eval.data import lee_task
 from packllm_integrations.natural import BatchReader
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def qwen() -> Member:
 def test_reader_rolls_back_past_gemma_sliding_window() -> None:
     """Gemma 3's sliding layers (window 512) are cropped correctly beyond the window."""
     gemma = _load("gemma3-270m")
-    text = lee_task(max_chars=4000, window_chars=100, context_chars=100).documents[0]
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))[:6000]
     ids = gemma.encode(text)[:620]
     base = gemma.tokenizer.decode(ids[1:], skip_special_tokens=True)
     reader = BatchReader.start(gemma, gemma.encode(base))
