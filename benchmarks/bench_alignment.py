@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 
 from packllm_integrations import alignment
 from packllm_integrations.catalog import CATALOG, is_installed
-from packllm_integrations.loading import _cached_catalog_model, cache_dir
+from packllm_integrations.loading import _cached_catalog_model, cache_dir, load_vocab_map
 
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
 
@@ -46,7 +46,7 @@ def load(name: str) -> tuple[object, int]:
 def same_as_default_cache(reference: object, member: object, width: int, built: alignment.VocabMap) -> str:
     """'yes' / 'NO' against a map for the same pair already in the default cache, '-' if there is none."""
     key = alignment.vocabulary_fingerprint(reference), alignment.vocabulary_fingerprint(member) + f"-{width}"
-    path = cache_dir() / "maps" / f"v{alignment._MAP_VERSION}-{key[0][:16]}-{key[1][:16]}-{width}.pt"
+    path = cache_dir() / "maps" / f"v{alignment.MAP_VERSION}-{key[0][:16]}-{key[1][:16]}-{width}.pt"
     if not path.is_file():
         return "-"
     old = torch.load(path, weights_only=True)
@@ -71,20 +71,17 @@ def main() -> None:
                 continue
             (reference, _), (member, width) = tokenizers[ref_name], tokenizers[mem_name]
             with tempfile.TemporaryDirectory() as tmp:
-                alignment._memory.clear()
                 start = time.perf_counter()
-                built = alignment.vocab_map(reference, member, width, progress=False, cache=Path(tmp))
+                built = load_vocab_map(reference, member, width, progress=False, cache=Path(tmp))
                 cold = time.perf_counter() - start
-                alignment._memory.clear()
                 start = time.perf_counter()
-                cached = alignment.vocab_map(reference, member, width, progress=False, cache=Path(tmp))
+                cached = load_vocab_map(reference, member, width, progress=False, cache=Path(tmp))
                 warm = time.perf_counter() - start
             assert torch.equal(cached.output, built.output) and torch.equal(cached.input, built.input)
             check = same_as_default_cache(reference, member, width, built)
             row = (ref_name, mem_name, len(reference), width, cold, built.build_seconds, warm, built.coverage, check)
             rows.append(row)
             print(f"{ref_name} -> {mem_name}: cold {cold:.1f} s, cached {warm:.2f} s, coverage {built.coverage:.1%}")
-    alignment._memory.clear()
 
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [

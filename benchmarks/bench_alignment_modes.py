@@ -36,11 +36,11 @@ import torch
 from bench_engine import BATCH  # the engine benchmark's 8 prompts (this folder is on sys.path when run)
 from transformers.utils import logging as hf_logging
 
-from packllm_integrations import FinishEvent, GenerationConfig, Member, PackEngine, WeightsEvent, alignment
+from packllm_integrations import FinishEvent, GenerationConfig, Member, PackEngine, WeightsEvent
 from packllm_integrations.catalog import DEFAULT_PACK
 from packllm_integrations.eval.data import lee_task, stdlib_code_task
-from packllm_integrations.loading import load_member
-from packllm_integrations.natural import Projection
+from packllm_integrations.loading import load_member, load_vocab_map
+from packllm_integrations.projection import Projection
 
 SHORT = {"smollm2-135m": "SmolLM2", "gemma3-270m": "Gemma3", "qwen2.5-coder-0.5b": "Qwen-coder"}
 MODES = [("mined", "reference"), ("mined", "own"), ("natural", "reference"), ("natural", "own")]
@@ -280,10 +280,9 @@ def maps_part(members) -> list[str]:  # type: ignore[no-untyped-def]
         for mem in DEFAULT_PACK:
             if ref == mem:
                 continue
-            alignment._memory.clear()
             start = time.perf_counter()
             r, m = members[ref], members[mem]
-            vmap = alignment.vocab_map(r.tokenizer, m.tokenizer, m.logits_width, progress=False)
+            vmap = load_vocab_map(r.tokenizer, m.tokenizer, m.logits_width, progress=False)
             loaded = time.perf_counter() - start
             start = time.perf_counter()
             Projection(r, m, vmap)

@@ -9,13 +9,13 @@ Example:
     >>> print(engine.generate("def fibonacci(n):", max_new_tokens=48).text)  # doctest: +SKIP
 """
 
+from .backends import Member, MemberBackend, SparseScores
 from .catalog import CATALOG, DEFAULT_PACK
 from .config import GenerationConfig
 from .engine import PackEngine, Prompt
 from .errors import ConfigError, ModelLoadError, ModelNotFoundError, PackLLMError, PromptError, PromptTooLongError
 from .events import FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
 from .loading import MemberSpec, load_member, load_pack
-from .members import Member
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationResult",
     "Member",
+    "MemberBackend",
     "MemberSpec",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -36,6 +37,7 @@ __all__ = [
     "PromptError",
     "PromptTooLongError",
     "ScoreResult",
+    "SparseScores",
     "TextEvent",
     "Usage",
     "WeightsEvent",

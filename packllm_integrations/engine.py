@@ -14,12 +14,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .alignment import VocabMap, vocab_map
+from .alignment import VocabMap
+from .backends.base import MemberBackend
 from .config import GenerationConfig
-from .decoding import Session, score_batch
+from .decoding import Session
 from .errors import ConfigError, PromptError
-from .events import Event, FinishEvent, GenerationResult, ScoreResult, WeightsEvent
-from .members import Member
+from .events import Event, GenerationResult, ScoreResult, WeightsEvent, collect_results
+from .planning import Pack
+from .projection import Projection
+from .scoring import score_continuations
 
 __all__ = ["PackEngine", "Prompt"]
 
@@ -32,18 +35,22 @@ class PackEngine:
     """A pack of causal LMs fused at test time with PackLLM.
 
     Args:
-        members: the pack's members (see :class:`Member`, or build them with
-            :meth:`from_models`).
+        members: the pack's members: any :class:`~packllm_integrations.MemberBackend`
+            (e.g. :class:`~packllm_integrations.Member`, the transformers backend), or
+            loaded from specs with :meth:`from_models`.
         config: the default :class:`GenerationConfig`; each call may override any field.
         progress: show progress bars for long one-off work (vocabulary maps).
         **overrides: fields of the default config, e.g. ``weighting="opt"``.
 
     One engine is safe to share between threads: each request runs in its own session.
+    The engine keeps what is built once per pair of members: vocabulary maps (also cached
+    on disk, see :func:`~packllm_integrations.loading.load_vocab_map`) and natural
+    alignment's projections.
     """
 
     def __init__(
         self,
-        members: Sequence[Member],
+        members: Sequence[MemberBackend],
         config: GenerationConfig | None = None,
         *,
         progress: bool = True,
@@ -53,16 +60,20 @@ class PackEngine:
         if not members:
             raise ConfigError("members", members, "at least one member")
         for m in members:
-            if not isinstance(m, Member):
-                raise ConfigError("members", type(m).__name__, "Member objects (see packllm_integrations.Member)")
+            if not isinstance(m, MemberBackend):
+                raise ConfigError(
+                    "members", type(m).__name__, "member backends (packllm_integrations.Member or a MemberBackend)"
+                )
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise ConfigError("members", names, "members with distinct names")
-        self.members: tuple[Member, ...] = tuple(members)
+        self.members: tuple[MemberBackend, ...] = tuple(members)
         self.progress = progress
         self._maps: dict[tuple[int, int], VocabMap | None] = {}
+        self._projections: dict[tuple[int, int], Projection | None] = {}
         self._lock = threading.Lock()
         self._fingerprints = [m.tokenizer_fingerprint for m in members]
+        self._pack = Pack(self.members, self.vocab_map, self.projection)
         self.config = self._checked((config or GenerationConfig()).merged(**overrides))
 
     @classmethod
@@ -117,7 +128,7 @@ class PackEngine:
         """Whether every member uses the same tokenizer (no alignment needed)."""
         return len(set(self._fingerprints)) == 1
 
-    def reference_member(self, config: GenerationConfig | None = None) -> Member:
+    def reference_member(self, config: GenerationConfig | None = None) -> MemberBackend:
         """The configured reference member, else the first member (for counting tokens)."""
         index = self._reference_index(config or self.config)
         return self.members[index or 0]
@@ -125,15 +136,27 @@ class PackEngine:
     def vocab_map(self, reference: int, member: int) -> VocabMap | None:
         """The vocabulary map from member ``reference`` to member ``member`` (None: same vocabulary)."""
         key = (reference, member)
-        if key not in self._maps:
-            if self._fingerprints[reference] == self._fingerprints[member]:
+        with self._lock:
+            if key not in self._maps:
                 value = None
-            else:
-                ref, mem = self.members[reference], self.members[member]
-                value = vocab_map(ref.tokenizer, mem.tokenizer, mem.logits_width, progress=self.progress)
-            with self._lock:
+                if self._fingerprints[reference] != self._fingerprints[member]:
+                    from .loading import load_vocab_map
+
+                    ref, mem = self.members[reference], self.members[member]
+                    value = load_vocab_map(ref.tokenizer, mem.tokenizer, mem.logits_width, progress=self.progress)
                 self._maps[key] = value
-        return self._maps[key]
+            return self._maps[key]
+
+    def projection(self, reference: int, member: int) -> Projection | None:
+        """Natural alignment's projection of member ``member`` into ``reference``'s vocabulary
+        (None: same vocabulary); built once per pair (a few seconds for 262k tokens)."""
+        vmap = self.vocab_map(reference, member)
+        key = (reference, member)
+        with self._lock:
+            if key not in self._projections:
+                ref, mem = self.members[reference], self.members[member]
+                self._projections[key] = None if vmap is None else Projection(ref, mem, vmap)
+            return self._projections[key]
 
     # ---- configuration --------------------------------------------------------------------------
 
@@ -175,7 +198,7 @@ class PackEngine:
     def session(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any) -> Session:
         """A new decoding session for a batch of prompts (most callers use the methods below)."""
         cfg = self.resolve(config, **overrides)
-        return Session(self.members, self.vocab_map, self._batch(prompts), cfg, self._reference_index(cfg))
+        return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg))
 
     # ---- generation -----------------------------------------------------------------------------
 
@@ -204,11 +227,7 @@ class PackEngine:
         self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
     ) -> list[GenerationResult]:
         """Generate for several prompts decoded together (each with its own weights)."""
-        results: dict[int, GenerationResult] = {}
-        for event in self.stream_batch(prompts, config, **overrides):
-            if isinstance(event, FinishEvent):
-                results[event.index] = event.result
-        return [results[i] for i in range(len(results))]
+        return collect_results(self.stream_batch(prompts, config, **overrides), len(prompts))
 
     def weights(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> WeightsEvent:
         """The fusion weights and prompt perplexities of one prompt, without generating."""
@@ -264,4 +283,4 @@ class PackEngine:
         refs = {self._reference_index(c) for c in checked}
         if len(refs) != 1:
             raise ConfigError("configs", [c.reference for c in checked], "configs that share one reference setting")
-        return score_batch(self.members, self.vocab_map, texts, contexts, checked, refs.pop(), weights_on)
+        return score_continuations(self._pack, texts, contexts, checked, refs.pop(), weights_on)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Usage", "WeightsEvent", "TextEvent", "FinishEvent", "GenerationResult", "ScoreResult", "Event"]
+__all__ = [
+    "Usage",
+    "WeightsEvent",
+    "TextEvent",
+    "FinishEvent",
+    "GenerationResult",
+    "ScoreResult",
+    "Event",
+    "collect_results",
+]
 
 
 @dataclass(frozen=True)
@@ -99,3 +109,15 @@ class ScoreResult:
 
 
 Event = WeightsEvent | TextEvent | FinishEvent
+
+
+def collect_results(events: Iterable[Event], count: int) -> list[GenerationResult]:
+    """The final results of ``count`` prompts from an event stream, in prompt order."""
+    results: dict[int, GenerationResult] = {}
+    for event in events:
+        if isinstance(event, FinishEvent):
+            results[event.index] = event.result
+    missing = [i for i in range(count) if i not in results]
+    if missing:  # the engine ends every prompt with a FinishEvent
+        raise RuntimeError(f"the event stream ended without a result for prompts {missing}")
+    return [results[i] for i in range(count)]

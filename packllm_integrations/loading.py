@@ -2,7 +2,8 @@
 
 This is the only module that touches files, caches, devices and dtypes. A GGUF file is
 dequantized by transformers on its first load, then saved as a float32 safetensors copy in
-the user cache folder, so later loads take seconds.
+the user cache folder, so later loads take seconds. Vocabulary maps between tokenizers are
+cached in the same folder (:func:`load_vocab_map`).
 
 The cache folder is ``$PACKLLM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/packllm_integrations``,
 else ``~/.cache/packllm_integrations``.
@@ -18,14 +19,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .alignment import MAP_VERSION, VocabMap, build_vocab_map, vocabulary_fingerprint
+from .backends.transformers import Member
 from .catalog import CATALOG, DEFAULT_PACK, CatalogEntry
 from .errors import ConfigError, ModelLoadError, ModelNotFoundError
-from .members import Member
 
-__all__ = ["MemberSpec", "cache_dir", "load_member", "load_pack", "parse_spec"]
+__all__ = ["MemberSpec", "cache_dir", "load_member", "load_pack", "load_vocab_map", "parse_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,3 +243,39 @@ def _sha256(path: Path, desc: str, progress: bool) -> str:
             digest.update(block)
             bar.update(len(block))
     return digest.hexdigest()
+
+
+def load_vocab_map(
+    reference: Any, member: Any, member_width: int, progress: bool = True, cache: Path | None = None
+) -> VocabMap:
+    """The MinED map from tokenizer ``reference`` to ``member``: from the disk cache, or built
+    (see :func:`~packllm_integrations.alignment.build_vocab_map`) and saved there.
+
+    The cache key is the pair of vocabulary fingerprints, so moving a model keeps its maps
+    and changing a tokenizer rebuilds them. ``cache`` defaults to ``<cache_dir>/maps``. A
+    damaged file is rebuilt; a folder that cannot be written costs a warning, not the map.
+    """
+    ref_key, mem_key = vocabulary_fingerprint(reference), vocabulary_fingerprint(member)
+    folder = cache or cache_dir() / "maps"
+    path = folder / f"v{MAP_VERSION}-{ref_key[:16]}-{mem_key[:16]}-{member_width}.pt"
+    if path.is_file():
+        try:
+            data = torch.load(path, weights_only=True)
+            return VocabMap(data["output"], data["input"], int(data["floor_index"]), int(data["exact"]))
+        except Exception:  # a damaged cache file: rebuild it
+            logger.warning("Ignoring unreadable vocabulary map cache %s", path)
+    result = build_vocab_map(reference, member, member_width, progress)
+    data = {"output": result.output, "input": result.input, "floor_index": result.floor_index, "exact": result.exact}
+    tmp: Path | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")  # one per writer
+        tmp = Path(name)
+        with os.fdopen(handle, "wb") as out:
+            torch.save(data, out)
+        tmp.replace(path)
+    except OSError as exc:
+        logger.warning("Could not cache the vocabulary map in %s: %s", folder, exc)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return result

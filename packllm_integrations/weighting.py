@@ -7,11 +7,15 @@ also needs the members' logits on the prompt, in the reference vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import GenerationConfig
 
 __all__ = [
     "STRATEGIES",
@@ -21,6 +25,7 @@ __all__ = [
     "top1_weights",
     "fixed_weights",
     "mixture_nlls",
+    "compute_weights",
 ]
 
 STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
@@ -106,3 +111,26 @@ def opt_weights(nll: torch.Tensor, logits: Sequence[torch.Tensor], targets: torc
         weights *= best_beta
         weights[j] = 1 - best_beta
     return weights
+
+
+def compute_weights(
+    config: GenerationConfig,
+    nll: torch.Tensor | None,
+    logits: Callable[[], Sequence[torch.Tensor]],
+    targets: torch.Tensor,
+    count: int,
+) -> torch.Tensor:
+    """The prompt's weights [K] for ``config.weighting`` among ``count`` members.
+
+    ``nll`` holds the members' prompt NLLs (None: nothing to score, so uniform weights);
+    ``logits`` is called only by 'opt', which needs the members' logits on the prompt.
+    """
+    if config.weighting == "fixed":
+        return fixed_weights(config.weights or (), count)
+    if config.weighting == "uniform" or nll is None:
+        return uniform_weights(count)
+    if config.weighting == "sim":
+        return sim_weights(nll, config.tau)
+    if config.weighting == "top1":
+        return top1_weights(nll)
+    return opt_weights(nll, logits(), targets)

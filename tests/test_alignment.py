@@ -9,9 +9,9 @@ import torch
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
-from packllm_integrations import alignment
-from packllm_integrations.alignment import _nearest, build_vocab_map, token_bytes, vocab_map, vocabulary_fingerprint
-from packllm_integrations.members import Member
+from packllm_integrations import Member, alignment, mined_index
+from packllm_integrations.alignment import _nearest, build_vocab_map, token_bytes, vocabulary_fingerprint
+from packllm_integrations.loading import load_vocab_map
 
 
 class _Bar:
@@ -85,13 +85,13 @@ def test_nearest_matches_brute_force(
 
 
 def test_nearest_stays_exact_when_every_hash_collides(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = alignment._hashes
+    real = mined_index._hashes
 
     def colliding(words: list[str]) -> tuple[np.ndarray, ...]:
         whole, owner, position, deleted = real(words)
         return np.zeros_like(whole), owner, np.zeros_like(position), np.zeros_like(deleted)
 
-    monkeypatch.setattr(alignment, "_hashes", colliding)
+    monkeypatch.setattr(mined_index, "_hashes", colliding)
     rng = random.Random(7)
     choices = _words(rng, "abcd", 300, 1, 6)
     ids = np.arange(300)[::-1].copy()
@@ -103,9 +103,9 @@ def test_lane_arithmetic_matches_bytes() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 128, 8 * 1000, dtype=np.uint8)
     k = rng.integers(0, 128, 8 * 1000, dtype=np.uint8)
-    lanes_min = alignment._lanes_min(x.view(np.uint64), k.view(np.uint64)).view(np.uint8)
+    lanes_min = mined_index._lanes_min(x.view(np.uint64), k.view(np.uint64)).view(np.uint8)
     assert np.array_equal(lanes_min, np.minimum(x, k))
-    reach = alignment._lanes_reach(x.view(np.uint64), k.view(np.uint64)).view(np.uint8)
+    reach = mined_index._lanes_reach(x.view(np.uint64), k.view(np.uint64)).view(np.uint8)
     assert np.array_equal(reach, np.where(x >= k, 0x80, 0).astype(np.uint8))
 
 
@@ -165,19 +165,17 @@ def test_map_into_padded_vocabulary(bl: Member, sp: Member) -> None:
 
 
 def test_cache_round_trip_and_fingerprints(bl: Member, sp: Member, tmp_path: Path, monkeypatch) -> None:
-    from packllm_integrations import alignment
+    from packllm_integrations import loading
 
-    alignment._memory.clear()
-    built = vocab_map(sp.tokenizer, bl.tokenizer, bl.logits_width, progress=False, cache=tmp_path)
+    built = load_vocab_map(sp.tokenizer, bl.tokenizer, bl.logits_width, progress=False, cache=tmp_path)
     files = list(tmp_path.iterdir())
     assert len(files) == 1
-    alignment._memory.clear()
 
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("the map should come from the disk cache")
 
-    monkeypatch.setattr(alignment, "build_vocab_map", no_build)
-    cached = vocab_map(sp.tokenizer, bl.tokenizer, bl.logits_width, progress=False, cache=tmp_path)
+    monkeypatch.setattr(loading, "build_vocab_map", no_build)
+    cached = load_vocab_map(sp.tokenizer, bl.tokenizer, bl.logits_width, progress=False, cache=tmp_path)
     assert torch.equal(built.output, cached.output) and torch.equal(built.input, cached.input)
     assert vocabulary_fingerprint(bl.tokenizer) != vocabulary_fingerprint(sp.tokenizer)
     assert vocabulary_fingerprint(bl.tokenizer) == bl.tokenizer_fingerprint

@@ -54,9 +54,9 @@ def test_weights_one_zero_reproduce_first_member_logits(bl: Member, sp: Member) 
         session = engine.session([PROMPT])
         session.prefill()
         for _ in range(3):
-            fused = session._fused([0], 0)
+            fused = session.fused([0], 0)
             vocab = pack[0].vocab_size
-            assert torch.equal(fused, session.runs[0].logits[:, :vocab])
+            assert torch.equal(fused, session.next[0][:, :vocab])
             session.feed(session.choose())
         alone = PackEngine([pack[0]]).generate(PROMPT, max_new_tokens=10)
         assert engine.generate(PROMPT, max_new_tokens=10).text == alone.text
@@ -359,9 +359,9 @@ def test_session_state_is_per_request(bl: Member, sp: Member) -> None:
     assert isinstance(a, Session) and a is not b
     a.prefill()
     b.prefill()
-    assert a.runs[0] is not b.runs[0] and a.runs[1] is not b.runs[1]
+    assert a.next[0] is not b.next[0] and a.next[1] is not b.next[1]
     for k in range(2):
-        assert a.runs[k].cache is None or a.runs[k].cache is not b.runs[k].cache
+        assert a.caches[k] is None or a.caches[k] is not b.caches[k]
         assert a.readers[k] is None or a.readers[k] is not b.readers[k]
 
 

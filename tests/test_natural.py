@@ -9,15 +9,8 @@ import torch
 
 from packllm_integrations import ConfigError, Member, PackEngine, TextEvent
 from packllm_integrations.alignment import token_bytes
-from packllm_integrations.decoding import forward_rows
-from packllm_integrations.natural import (
-    BatchReader,
-    NaturalStates,
-    natural_states,
-    projection,
-    start_ids,
-    token_ends,
-)
+from packllm_integrations.natural import BatchReader, natural_states, start_ids, token_ends
+from packllm_integrations.projection import NaturalStates, Projection
 
 PROMPT = "The function returns the value of the"
 PROMPTS = [PROMPT, "import os\nimport sys\n\ndef main(", "A class is"]
@@ -47,8 +40,8 @@ def test_reader_rollback_matches_a_fresh_forward(fixture: str, request: pytest.F
         reader.advance({0: ids})
         state = reader.state[0]
         assert reader.ids[0] == ids
-        assert reader.cache.get_seq_length() == len(ids)  # one row: cropped, not masked
-        torch.testing.assert_close(member.logits(state[None])[0], fresh_last_logits(member, ids), atol=2e-4, rtol=1e-4)
+        assert reader.cache.kv.get_seq_length() == len(ids)  # one row: cropped, not masked
+        torch.testing.assert_close(member.scores(state[None])[0], fresh_last_logits(member, ids), atol=2e-4, rtol=1e-4)
         rolled = reader.rolled_back
     assert rolled > 0, "the text should have made some merges change (the rollback path must be exercised)"
 
@@ -59,8 +52,7 @@ def test_batch_reader_rows_roll_back_independently(fixture: str, request: pytest
     texts = [TEXT, PROMPTS[1] + "\n    return os.path.join(a, b)", PROMPT + " naïve café"]
     starts = [5, 12, 3]
     first = [member.encode(t[:n]) or start_ids(member) for t, n in zip(texts, starts, strict=True)]
-    states, run, pads = forward_rows(member, first, full_cache=True)
-    reader = BatchReader.from_prefill(member, first, states, run.cache, run.mask, pads)
+    reader = BatchReader.from_prefill(member, first, member.prefill(first, rollback=True))
     ends = list(starts)
     for step in range(40):
         targets = {}
@@ -71,10 +63,10 @@ def test_batch_reader_rows_roll_back_independently(fixture: str, request: pytest
         reader.advance(targets)
         for b in targets:
             ids = reader.ids[b]
-            got = member.logits(reader.state[b][None])[0]
+            got = member.scores(reader.state[b][None])[0]
             torch.testing.assert_close(got, fresh_last_logits(member, ids), atol=2e-4, rtol=1e-4)
             if reader.prev[b] is not None:
-                before = member.logits(reader.prev[b][None])[0]
+                before = member.scores(reader.prev[b][None])[0]
                 torch.testing.assert_close(before, fresh_last_logits(member, ids[:-1]), atol=2e-4, rtol=1e-4)
     assert reader.rolled_back > 0
 
@@ -91,11 +83,11 @@ def test_natural_states_match_fresh_forwards_at_every_reference_position(
     for i, end in enumerate(ends):
         ids = m.encode(TEXT[:end]) or start_ids(m)
         assert int(states.last_ids[i]) == ids[-1]
-        torch.testing.assert_close(m.logits(states.last[i : i + 1])[0], fresh_last_logits(m, ids), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(m.scores(states.last[i : i + 1])[0], fresh_last_logits(m, ids), atol=2e-4, rtol=1e-4)
         assert bool(states.has_prev[i]) == (len(ids) >= 2 and ids[-1] not in m.special_ids)
         if states.has_prev[i]:
             before = fresh_last_logits(m, ids[:-1])
-            torch.testing.assert_close(m.logits(states.prev[i : i + 1])[0], before, atol=2e-4, rtol=1e-4)
+            torch.testing.assert_close(m.scores(states.prev[i : i + 1])[0], before, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fixture", ["bl", "sp"])
@@ -120,7 +112,7 @@ def fresh_scores(ref: Member, member: Member, engine: PackEngine, k: int, ids: l
     has_prev = len(ids) >= 2 and ids[-1] not in member.special_ids
     prev = fresh_last_logits(member, ids[:-1])[None] if has_prev else torch.zeros_like(last)
     # the tiny models' heads are separable: states == logits is not true, so project logits
-    states = NaturalStates(last, prev, torch.tensor([ids[-1]]), torch.tensor([has_prev]), projection(ref, member, vmap))
+    states = NaturalStates(last, prev, torch.tensor([ids[-1]]), torch.tensor([has_prev]), Projection(ref, member, vmap))
     return _project_logits(member, states)
 
 
@@ -128,7 +120,9 @@ def _project_logits(member: Member, states: NaturalStates) -> torch.Tensor:
     """Projection.scores for logits given directly (the member's head applied already)."""
 
     class _Identity:
-        def logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits_width = member.logits_width
+
+        def scores(self, x: torch.Tensor) -> torch.Tensor:
             return x.float()
 
     return states.projection.scores(_Identity(), states)  # type: ignore[union-attr, arg-type]
@@ -268,7 +262,7 @@ def test_projection_matches_an_explicit_sum_over_member_tokens(
     r: Member = request.getfixturevalue(ref)
     m: Member = request.getfixturevalue(other)
     vmap = PackEngine([r, m]).vocab_map(0, 1)
-    proj = projection(r, m, vmap)
+    proj = Projection(r, m, vmap)
     ref_bytes = token_bytes(r.tokenizer)[: r.vocab_size]
     by_bytes: dict[bytes, int] = {}
     for i, b in enumerate(ref_bytes):

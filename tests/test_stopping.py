@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from packllm_integrations.members import Member
+from packllm_integrations import Member
 from packllm_integrations.stopping import Detokenizer, StopMatcher
 
 

@@ -46,7 +46,7 @@ def test_reader_rolls_back_past_gemma_sliding_window() -> None:
         reader.advance({0: gemma.encode(base + word[:n])})
     assert reader.rolled_back > 0
     fresh = gemma.model(torch.tensor([reader.ids[0]])).logits[0, -1].float()
-    torch.testing.assert_close(gemma.logits(reader.state[0][None])[0], fresh, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(gemma.scores(reader.state[0][None])[0], fresh, atol=2e-3, rtol=1e-3)
 
 
 def test_natural_pair_generates_streams_and_scores(smollm2: Member, qwen: Member) -> None:

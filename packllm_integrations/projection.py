@@ -1,0 +1,189 @@
+"""Natural alignment's output side: a member's next-token distribution, read at its own token
+boundaries, as scores over the reference vocabulary.
+
+:class:`NaturalStates` holds a member's states at some text points (after its last token
+there, and before it); :class:`Projection` turns them into reference-vocabulary scores. The
+engine builds one projection per (reference, member) pair and keeps it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .alignment import VocabMap, token_bytes
+from .backends.base import MemberBackend, dense
+
+__all__ = ["NaturalStates", "Projection"]
+
+
+@dataclass
+class NaturalStates:
+    """A member's states at N text points, each after reading its own tokenization of the text
+    up to there: ``last`` after its last token (id ``last_ids``), ``prev`` before it (valid
+    where ``has_prev``). With a ``projection``, :meth:`scores` gives reference-vocabulary
+    scores; slicing keeps it."""
+
+    last: torch.Tensor  # [N, S]
+    prev: torch.Tensor  # [N, S]
+    last_ids: torch.Tensor  # [N]
+    has_prev: torch.Tensor  # [N] bool
+    projection: Projection | None = None
+    prev_logprobs: torch.Tensor | None = None  # [N, W] log-softmax of ``prev``'s logits, if known
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.last.shape
+
+    def __len__(self) -> int:
+        return int(self.last.shape[0])
+
+    def __getitem__(self, index: slice) -> NaturalStates:
+        return NaturalStates(
+            self.last[index], self.prev[index], self.last_ids[index], self.has_prev[index], self.projection
+        )
+
+    @staticmethod
+    def one(
+        member: MemberBackend,
+        ids: Sequence[int],
+        state: Any,
+        prev: Any,
+        projection: Projection | None,
+        prev_logprobs: torch.Tensor | None = None,
+    ) -> NaturalStates:
+        has_prev = prev is not None and len(ids) >= 2 and ids[-1] not in member.special_ids
+        return NaturalStates(
+            last=state[None],
+            prev=(prev if prev is not None else torch.zeros_like(state))[None],
+            last_ids=torch.tensor([ids[-1]]),
+            has_prev=torch.tensor([has_prev]),
+            projection=projection,
+            prev_logprobs=None if prev_logprobs is None else prev_logprobs[None],
+        )
+
+
+class Projection:
+    """A member's next-token distribution, read at its own token boundaries, as scores over the
+    reference vocabulary (natural alignment's output side).
+
+    - Partition: each member token's probability goes to the longest reference token its
+      bytes start with (" there" -> " there", or " the" + ... when the reference lacks it), so
+      the member's belief about how the text goes on lands on the reference token that text
+      would start with.
+    - Healing: the reference's position may end inside one of the member's tokens (the
+      member's tokenization of the text so far then ends in a fragment, say " gover").
+      The member's last token ``u`` is also read from the state before it: every member
+      token extending ``u`` (" government") gives its probability to the reference token
+      its remaining bytes start with ("nment" -> the longest reference prefix), and ``u``
+      itself, followed by the next-token partition, gives the rest.
+    - Two tokenizers with the same token bytes (the cross-tokenizer path forced on one
+      tokenizer) cut the text at the same places: there is nothing to heal, and the
+      partition is the identity.
+    - Reference columns no member token reaches keep the authors' MinED value (the log-
+      probability of the mapped member token), so no token is ruled out.
+
+    Scores are log-probabilities up to a constant shared by all columns; the fusion's
+    softmax normalises them.
+    """
+
+    def __init__(self, reference: MemberBackend, member: MemberBackend, vmap: VocabMap) -> None:
+        self.vmap = vmap
+        self.vocab = reference.vocab_size
+        ref_special = reference.special_ids
+        by_bytes: dict[bytes, int] = {}
+        reference_bytes = token_bytes(reference.tokenizer)
+        for i, b in enumerate(reference_bytes[: self.vocab]):
+            if b and i not in ref_special and b not in by_bytes:
+                by_bytes[b] = i
+        self._ref = by_bytes
+        self._prefix_memo: dict[bytes, int | None] = {}
+        self._longest = max((len(b) for b in by_bytes), default=0)
+        mem_special = member.special_ids
+        member_bytes = token_bytes(member.tokenizer)
+        self._bytes = [b if i not in mem_special else b"" for i, b in enumerate(member_bytes)]
+        width = member.logits_width
+        target = torch.full((width,), -1, dtype=torch.long)
+        for t, b in enumerate(self._bytes[:width]):
+            v = self._longest_prefix(b)
+            if v is not None:
+                target[t] = v
+        ref_eos = sorted(i for i in reference.eos_token_ids if i < self.vocab)
+        if ref_eos:
+            for t in member.eos_token_ids:
+                if t < width:
+                    target[t] = ref_eos[0]
+        keep = target >= 0
+        self._src = keep.nonzero().squeeze(-1)
+        self._dst = target[keep]
+        order = sorted((b, t) for t, b in enumerate(self._bytes[:width]) if b)
+        self._sorted = [b for b, _ in order]
+        self._sorted_ids = [t for _, t in order]
+        self._extensions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.heal = reference_bytes != member_bytes
+
+    def _longest_prefix(self, b: bytes) -> int | None:
+        if b in self._prefix_memo:
+            return self._prefix_memo[b]
+        found = None
+        for n in range(min(len(b), self._longest), 0, -1):
+            found = self._ref.get(b[:n])
+            if found is not None:
+                break
+        self._prefix_memo[b] = found
+        return found
+
+    def extensions(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member tokens whose bytes extend ``token``'s, and the reference token each one's
+        remaining bytes start with."""
+        hit = self._extensions.get(token)
+        if hit is None:
+            u = self._bytes[token] if token < len(self._bytes) else b""
+            src, dst = [], []
+            if u:
+                i = bisect.bisect_right(self._sorted, u)  # u itself sorts just before its extensions
+                while i < len(self._sorted) and self._sorted[i].startswith(u):
+                    v = self._longest_prefix(self._sorted[i][len(u) :])
+                    if v is not None:
+                        src.append(self._sorted_ids[i])
+                        dst.append(v)
+                    i += 1
+            hit = (torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long))
+            self._extensions[token] = hit
+        return hit
+
+    def scores(self, member: MemberBackend, states: NaturalStates) -> torch.Tensor:
+        """Reference-vocabulary scores [N, V] (float32) of the member at each of ``states``."""
+        return self.scores_and_logprobs(member, states)[0]
+
+    def scores_and_logprobs(self, member: MemberBackend, states: NaturalStates) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`scores`, and the member's own log-probabilities after ``states.last`` [N, W]."""
+        lp_last = torch.log_softmax(_logits(member, states.last), dim=-1)
+        p_last = lp_last.exp()
+        out = torch.zeros(len(states), self.vocab, dtype=torch.float32, device=p_last.device)
+        out.index_add_(1, self._dst.to(out.device), p_last.index_select(1, self._src.to(out.device)))
+        fallback = self.vmap.member_logits(lp_last)
+        rows = states.has_prev.nonzero().squeeze(-1).tolist() if self.heal else []
+        if rows:
+            if states.prev_logprobs is not None:
+                lp_prev = states.prev_logprobs[rows]
+            else:
+                lp_prev = torch.log_softmax(_logits(member, states.prev[rows]), dim=-1)
+            p_prev = lp_prev.exp()
+            for j, i in enumerate(rows):
+                u = int(states.last_ids[i])
+                out[i] *= p_prev[j, u]
+                fallback[i] += lp_prev[j, u]
+                src, dst = self.extensions(u)
+                if src.numel():
+                    out[i].index_add_(0, dst.to(out.device), p_prev[j].index_select(0, src.to(out.device)))
+        return torch.where(out > 0, out.log(), fallback), lp_last
+
+
+def _logits(member: MemberBackend, states: torch.Tensor) -> torch.Tensor:
+    """A member's dense scores [N, W] of states (a sparse set filled with its floor)."""
+    return dense(member.scores(states), member.logits_width)

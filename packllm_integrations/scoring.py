@@ -1,0 +1,141 @@
+"""Scoring: fused log-likelihoods of continuations after contexts (``PackEngine.score``).
+
+One prefill per member serves every weighting asked for: the members' states over context
+plus continuation are computed once, the weights come from the context (or the whole text),
+and the continuation's tokens are scored under each weighting with the same fusion as
+generation (:func:`~.fusion.fuse`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .config import GenerationConfig
+from .events import ScoreResult
+from .fusion import fuse, nll_per_token, reference_scores
+from .natural import common_prefix
+from .planning import Pack, own_scale_nll, plan_prompts, walk_states
+from .projection import NaturalStates
+from .weighting import compute_weights
+
+__all__ = ["score_continuations"]
+
+_CHUNK = 256  # continuation positions fused at once
+
+
+@torch.inference_mode()
+def score_continuations(
+    pack: Pack,
+    texts: Sequence[Sequence[str]],
+    contexts: Sequence[Sequence[str]],
+    configs: Sequence[GenerationConfig],
+    fixed_reference: int | None,
+    weights_on: str = "context",
+) -> list[list[ScoreResult]]:
+    """Fused log-likelihoods of continuations, for several weightings from one forward pass.
+
+    ``texts[b][k]`` is context + continuation as member k reads it, ``contexts[b][k]`` the
+    context alone. Weights come from the context's tokens (``weights_on="context"``, the
+    default) or from the whole sequence (``"full"``, as the authors' code scored options).
+    Configs may differ in alignment: each alignment's member states are computed once.
+    Returns one list of results per config, in prompt order.
+    """
+    members = pack.members
+    own_scoring = any(c.scoring == "own" for c in configs)
+    natural = any(c.alignment == "natural" for c in configs)
+    prompt_texts = None if weights_on == "full" else contexts
+    planned = plan_prompts(
+        pack, texts, fixed_reference, prompt_texts, own_scoring=own_scoring or natural, rollback=natural
+    )
+    names = [m.name for m in members]
+    out: list[list[ScoreResult]] = [[] for _ in configs]
+    for b, plan in enumerate(planned.plans):
+        r = plan.reference
+        vocab = members[r].vocab_size
+        ids = plan.ref_ids
+        total = len(ids)
+        n_ctx = max(1, common_prefix(ids, members[r].encode(contexts[b][r])))
+        n_w = total if weights_on == "full" else n_ctx
+        targets = torch.tensor(ids[1:n_w])
+        cont = torch.tensor(ids[n_ctx:])
+        text, context = texts[b][r], contexts[b][r]
+        num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
+        nll_own = own_scale_nll(planned.own_nll[b], r) if own_scoring and n_w > 1 else None
+        for alignment in dict.fromkeys(c.alignment for c in configs):
+            states: list[torch.Tensor | NaturalStates] = []  # per member [total, S]
+            for k in range(len(members)):
+                if alignment == "natural" and pack.maps(r, k) is not None:
+                    states.append(walk_states(pack, texts, planned, k, b)[:total])
+                else:
+                    states.append(planned.translated_pass(members, k).row(b, total))
+            nll_t = None
+            if n_w > 1:
+                nll_t = torch.stack(
+                    [
+                        nll_per_token(m, states[k][: n_w - 1], targets, pack.maps(r, k), vocab).mean()
+                        for k, m in enumerate(members)
+                    ]
+                )
+            chosen = [c for c, cfg in enumerate(configs) if cfg.alignment == alignment]
+            weights, perplexity = {}, {}
+            for c in chosen:
+                cfg = configs[c]
+                nll = nll_own if cfg.scoring == "own" and nll_own is not None else nll_t
+                perplexity[c] = {n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)}
+                weights[c] = compute_weights(
+                    cfg,
+                    nll,
+                    lambda r=r, vocab=vocab, n_w=n_w, states=states: [
+                        reference_scores(m, states[k][: n_w - 1], pack.maps(r, k), vocab) for k, m in enumerate(members)
+                    ],
+                    targets,
+                    len(members),
+                )
+            token_lp, greedy = _continuation(pack, r, vocab, states, n_ctx, cont, weights)
+            for c in chosen:
+                out[c].append(
+                    ScoreResult(
+                        logprob=float(token_lp[c].sum()),
+                        tokens=int(cont.numel()),
+                        num_bytes=num_bytes,
+                        is_greedy=greedy[c],
+                        weights={n: float(w) for n, w in zip(names, weights[c], strict=True)},
+                        prompt_perplexity=perplexity[c],
+                        reference=names[r],
+                        token_logprobs=token_lp[c].tolist(),
+                    )
+                )
+    return out
+
+
+def _continuation(
+    pack: Pack,
+    r: int,
+    vocab: int,
+    states: Sequence[torch.Tensor | NaturalStates],
+    n_ctx: int,
+    cont: torch.Tensor,
+    weights: dict[int, torch.Tensor],
+) -> tuple[dict[int, torch.Tensor], dict[int, bool]]:
+    """Log-probabilities [C] of the continuation ``cont`` under each weighting (keyed like
+    ``weights``), and whether it is the greedy choice; positions go in chunks so a long
+    continuation never holds all its logits at once."""
+    members = pack.members
+    token_lp: dict[int, list[torch.Tensor]] = {c: [] for c in weights}
+    greedy = dict.fromkeys(weights, True)
+    used = [k for k in range(len(members)) if any(float(w[k]) > 0 for w in weights.values())]
+    for start in range(0, cont.numel(), _CHUNK):
+        stop = min(start + _CHUNK, cont.numel())
+        at = slice(n_ctx - 1 + start, n_ctx - 1 + stop)
+        mapped = {k: reference_scores(members[k], states[k][at], pack.maps(r, k), vocab) for k in used}
+        targets = cont[start:stop]
+        for c, w in weights.items():
+            fused = fuse([mapped.get(k) for k in range(len(members))], w.float()[None].expand(stop - start, -1))
+            logp = torch.log_softmax(fused, dim=-1)
+            token_lp[c].append(logp.gather(-1, targets[:, None].to(logp.device)).squeeze(-1).double().cpu())
+            greedy[c] = greedy[c] and bool((fused.argmax(dim=-1).cpu() == targets).all())
+    empty = torch.zeros(0, dtype=torch.float64)
+    return {c: torch.cat(v) if v else empty for c, v in token_lp.items()}, greedy
