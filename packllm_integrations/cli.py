@@ -89,39 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prompt(args: argparse.Namespace) -> Any:
+    from .host import merge_messages
+
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
-    return [{"role": "user", "content": text}] if args.chat else text
+    return merge_messages([("user", text)]) if args.chat else text
 
 
-def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _engine(args: argparse.Namespace) -> Any:
     """Check the settings first (a bad value fails in milliseconds), then load the pack."""
-    from .config import GenerationConfig
-    from .engine import PackEngine
-    from .loading import parse_spec
+    from .host import load_engine
 
-    GenerationConfig().merged(**_overrides(args))
-    specs = [parse_spec(s) for s in args.model or []]
-    return PackEngine.from_models(specs, progress=not args.quiet)
+    return load_engine(args.model, settings=_overrides(args), progress=not args.quiet)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"weighting": args.weighting, "tau": args.tau, "reference": args.reference}
-    out["scoring"] = args.scoring
-    out["alignment"] = args.alignment
-    if args.weights is not None:
-        try:
-            out["weights"] = tuple(float(w) for w in args.weights.split(","))
-        except ValueError:
-            from .errors import ConfigError
+    """The command's generation settings, by their engine names (None: not given)."""
+    from .host import SETTINGS, parse_weights
 
-            raise ConfigError("weights", args.weights, "comma-separated numbers, e.g. 0.7,0.3") from None
-    for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
-        out[name] = getattr(args, name, None)
+    out = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    if out["weights"] is not None:
+        out["weights"] = parse_weights(out["weights"])
     return out
 
 
 def _generate(args: argparse.Namespace) -> int:
     from .events import FinishEvent, TextEvent, WeightsEvent
+    from .host import weights_metadata
 
     engine = _engine(args)
     prompt, overrides = _prompt(args), _overrides(args)
@@ -136,8 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
     for event in engine.stream(prompt, **overrides):
         if args.json:
             if isinstance(event, WeightsEvent):
-                payload = {"event": "weights", "weights": event.weights, "prompt_perplexity": event.prompt_perplexity}
-                print(json.dumps({**payload, "reference": event.reference}, ensure_ascii=False), flush=True)
+                print(json.dumps({"event": "weights", **weights_metadata(event)}, ensure_ascii=False), flush=True)
             elif isinstance(event, TextEvent):
                 print(json.dumps({"event": "text", "text": event.text}, ensure_ascii=False), flush=True)
             elif isinstance(event, FinishEvent):
@@ -152,11 +144,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
+    from .host import weights_metadata
+
     engine = _engine(args)
     event = engine.weights(_prompt(args), **_overrides(args))
     if args.json:
-        payload = {"weights": event.weights, "prompt_perplexity": event.prompt_perplexity}
-        print(json.dumps({**payload, "reference": event.reference}, ensure_ascii=False))
+        print(json.dumps(weights_metadata(event), ensure_ascii=False))
     else:
         width = max(len(n) for n in event.weights)
         print(f"{'member':<{width}}  {'weight':>8}  {'prompt perplexity':>17}")

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
 from .weighting import STRATEGIES
 
-__all__ = ["GenerationConfig"]
+__all__ = ["GenerationConfig", "setting_doc"]
+
+
+def _setting(default: Any, doc: str) -> Any:
+    """A config field with its doc (read by :func:`setting_doc`, and so by every host's fields)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def setting_doc(name: str) -> str:
+    """The doc of setting ``name`` (a :class:`GenerationConfig` field).
+
+    >>> setting_doc("tau")
+    "Temperature of 'sim' weighting (softmax of minus log prompt perplexity over tau)."
+    """
+    for f in fields(GenerationConfig):
+        if f.name == name:
+            return str(f.metadata["doc"])
+    raise KeyError(name)
 
 
 @dataclass(frozen=True)
@@ -18,6 +35,8 @@ class GenerationConfig:
     """How to weight the members and how to decode.
 
     Every field can be overridden per call (``engine.generate(prompt, temperature=0.7)``).
+    Each field's doc is in its metadata (:func:`setting_doc`); the adapters' fields show
+    the same text.
 
     Example:
         >>> GenerationConfig(max_new_tokens=32, weighting="opt").max_new_tokens
@@ -28,41 +47,40 @@ class GenerationConfig:
         packllm_integrations.errors.ConfigError: top_p=1.5 is invalid: expected a number in (0, 1]
     """
 
-    max_new_tokens: int = 256
-    """Most tokens to generate (reference-vocabulary tokens)."""
-    temperature: float = 0.0
-    """0 means greedy decoding; above 0, sampling at that temperature."""
-    top_k: int = 0
-    """Sample only among the k most likely tokens (0: no limit)."""
-    top_p: float = 1.0
-    """Sample only among the most likely tokens whose probability reaches top_p (1: no limit)."""
-    seed: int | None = None
-    """Seed of the sampler: the same seed gives the same output."""
-    stop: tuple[str, ...] = ()
-    """Stop strings: generation ends before the first one, which is never returned."""
-    weighting: str = "sim"
-    """Fusion weights: 'sim', 'opt', 'uniform', 'top1' or 'fixed' (needs ``weights``)."""
-    tau: float = 1.0
-    """Temperature of 'sim' weighting (softmax of minus log-perplexity over tau)."""
-    weights: tuple[float, ...] | None = None
-    """Member weights for 'fixed' weighting, in member order (renormalised)."""
-    reference: str | None = None
-    """Member whose vocabulary the fused distribution uses; None: per prompt, the member
-    with the lowest prompt perplexity (the authors' rule)."""
-    scoring: str = "reference"
-    """How members with different tokenizers are scored on the prompt: 'reference' (the
-    authors' way: every member reads the reference member's tokens, translated through the
-    vocabulary map) or 'own' (every member reads its own tokenization; its negative
-    log-likelihood per UTF-8 byte is put on the reference's per-token scale). Members that
-    share the reference's tokenizer score the same either way; 'opt' always searches in
-    the reference token space."""
-    alignment: str = "natural"
-    """How a member whose tokenizer differs from the reference's reads the text: 'mined'
-    (the authors' way: the reference's tokens translated one-for-one through the vocabulary
-    map) or 'natural' (its own tokenization of the same text, re-tokenized as text is
-    generated). Either way its next-token distribution is mapped into the reference
-    vocabulary. With 'natural', scoring='reference' scores each member on the reference
-    tokens from what it predicts after reading its own tokenization."""
+    max_new_tokens: int = _setting(256, "Most tokens to generate (reference-vocabulary tokens).")
+    temperature: float = _setting(0.0, "0 for greedy decoding; above 0, sampling at that temperature.")
+    top_k: int = _setting(0, "Sample only among the k most likely tokens (0: no limit).")
+    top_p: float = _setting(
+        1.0, "Nucleus sampling: only the most likely tokens whose probability reaches top_p (1: no limit)."
+    )
+    seed: int | None = _setting(None, "Seed of the sampler: with temperature > 0, the same seed gives the same text.")
+    stop: tuple[str, ...] = _setting((), "Stop strings: generation ends before the first one, which is never returned.")
+    weighting: str = _setting(
+        "sim", "How the members are weighted per prompt: 'sim', 'opt', 'uniform', 'top1' or 'fixed' (needs weights)."
+    )
+    tau: float = _setting(1.0, "Temperature of 'sim' weighting (softmax of minus log prompt perplexity over tau).")
+    weights: tuple[float, ...] | None = _setting(
+        None, "Fixed member weights in pack order, renormalised (implies weighting='fixed')."
+    )
+    reference: str | None = _setting(
+        None,
+        "Member whose vocabulary the fused distribution uses; None: per prompt, the member with the lowest "
+        "prompt perplexity (the authors' rule).",
+    )
+    scoring: str = _setting(
+        "reference",
+        "How members with different tokenizers are scored on the prompt: 'reference' (the authors' way: every "
+        "member is scored on the reference member's tokens) or 'own' (every member on its own tokenization, its "
+        "negative log-likelihood per UTF-8 byte put on the reference's per-token scale). Members that share the "
+        "reference's tokenizer score the same either way; 'opt' always searches in the reference token space.",
+    )
+    alignment: str = _setting(
+        "natural",
+        "How a member whose tokenizer differs from the reference's reads the text: 'mined' (the authors' way: "
+        "the reference's tokens translated one-for-one through the vocabulary map) or 'natural' (its own "
+        "tokenization of the same text, re-tokenized as text is generated). Either way its next-token "
+        "distribution is mapped into the reference vocabulary.",
+    )
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)

@@ -17,7 +17,6 @@ Shapes: B prompts, K members, W_k member k's logits width, V a prompt's referenc
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +26,11 @@ import torch
 from .backends.base import Scores
 from .config import GenerationConfig
 from .events import Event, FinishEvent, GenerationResult, TextEvent, Usage, WeightsEvent
-from .fusion import fuse, in_reference, nll_per_token, reference_scores
+from .fusion import fuse, in_reference
 from .natural import BatchReader
-from .planning import Pack, Planned, PromptPlan, own_scale_nll, plan_prompts, walk_states
-from .projection import NaturalStates
+from .planning import Pack, Planned, PromptPlan, plan_prompts, prompt_weights
 from .sampling import sample
 from .stopping import Detokenizer, StopMatcher
-from .weighting import compute_weights
 
 __all__ = ["Session"]
 
@@ -121,7 +118,7 @@ class Session:
         limit = min(m.context_window for m in members)
         events = []
         for b, plan in enumerate(plans):
-            weights, nll = self._prompt_weights(planned, b, reading)
+            weights, nll = prompt_weights(pack, self.texts, planned, b, cfg, reading)
             ref = members[plan.reference]
             row = _Row(
                 index=b,
@@ -146,45 +143,6 @@ class Session:
                 self.caches.append(None)
                 self.next.append(torch.cat([self._reader_scores(k, b) for b in range(len(plans))]).to(m.device))
         return events
-
-    def _prompt_weights(self, planned: Planned, b: int, reading: list[bool]) -> tuple[torch.Tensor, list[float | None]]:
-        """Prompt b's weights [K] and the members' prompt NLLs (log prompt perplexities)."""
-        pack, members, cfg = self.pack, self.members, self.config
-        plan = planned.plans[b]
-        r, length = plan.reference, len(plan.ref_ids)
-        vocab = members[r].vocab_size
-        targets = torch.tensor(plan.ref_ids[1:])
-        walked: dict[int, NaturalStates] = {}
-
-        def states(k: int) -> torch.Tensor | NaturalStates:
-            if reading[k]:
-                if k not in walked:
-                    walked[k] = walk_states(pack, self.texts, planned, k, b)[: length - 1]
-                return walked[k]
-            return planned.translated_pass(members, k).row(b, length - 1)
-
-        nll_t = None
-        if length > 1:
-            nll_t = own_scale_nll(planned.own_nll[b], r) if cfg.scoring == "own" else None
-            if nll_t is None:
-                per_member = []
-                for k, m in enumerate(members):
-                    score = planned.own_nll[b][k]
-                    if pack.maps(r, k) is None and score is not None and planned.own_ids[k][b] == plan.inputs[k]:
-                        per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # same tokens: reuse
-                    else:
-                        per_member.append(nll_per_token(m, states(k), targets, pack.maps(r, k), vocab).mean())
-                nll_t = torch.stack(per_member)
-        else:
-            warnings.warn(
-                f"prompt {b} has no token to score (one token): using uniform weights", RuntimeWarning, stacklevel=4
-            )
-
-        def all_logits() -> list[torch.Tensor]:
-            return [reference_scores(m, states(k), pack.maps(r, k), vocab) for k, m in enumerate(members)]
-
-        weights = compute_weights(cfg, nll_t, all_logits, targets, len(members))
-        return weights, [float(v) for v in nll_t] if nll_t is not None else [None] * len(members)
 
     def _reader(self, k: int, planned: Planned) -> BatchReader:
         """Member k's :class:`BatchReader` over the prompts, started from its own pass when it has one."""

@@ -93,24 +93,6 @@ class PackEngine:
 
         return cls(load_pack(models, progress=progress), config, progress=progress, **overrides)
 
-    @classmethod
-    def shared_or_loaded(
-        cls, models: Sequence[Any] | None, engine: PackEngine | None, settings: Mapping[str, Any]
-    ) -> PackEngine:
-        """The engine a framework model runs on: ``engine`` as given, or loaded from ``models``.
-
-        ``settings`` (config fields) are checked first, so a bad value fails before any model
-        loads, and again against the pack's members (weights' length, reference name).
-        """
-        if models is not None and engine is not None:
-            raise ConfigError("engine", "<PackEngine>", "either models or engine, not both")
-        if engine is not None and not isinstance(engine, PackEngine):
-            raise ConfigError("engine", type(engine).__name__, "a PackEngine")
-        GenerationConfig().merged(**settings)
-        pack = engine if engine is not None else cls.from_models(models)
-        pack.resolve(pack.config.merged(**settings))
-        return pack
-
     # ---- facts ------------------------------------------------------------------------------
 
     @property

@@ -1,4 +1,5 @@
-"""Planning a request: each prompt's reference member, and what every member reads.
+"""Planning a request: each prompt's reference member, what every member reads, and the
+prompt's weights.
 
 With ``reference`` None, each member first scores its own tokenization of the prompt and
 the lowest perplexity wins (the authors' rule); those passes are kept for reuse. Then the
@@ -9,6 +10,7 @@ a member over the reference's text instead (:func:`walk_states`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,11 +18,22 @@ import torch
 
 from .alignment import VocabMap
 from .backends.base import MemberBackend, Prefill
-from .fusion import nll_per_token
+from .config import GenerationConfig
+from .fusion import nll_per_token, reference_scores
 from .natural import check_window, common_prefix, natural_states, token_ends
 from .projection import NaturalStates, Projection
+from .weighting import compute_weights
 
-__all__ = ["Pack", "PromptPlan", "Planned", "OwnScore", "plan_prompts", "own_scale_nll", "walk_states"]
+__all__ = [
+    "Pack",
+    "PromptPlan",
+    "Planned",
+    "OwnScore",
+    "plan_prompts",
+    "own_scale_nll",
+    "walk_states",
+    "prompt_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,55 @@ def walk_states(pack: Pack, texts: Sequence[Sequence[str]], planned: Planned, k:
     if done is not None and texts[b][k] == text:
         prefilled = (done.row(b, len(planned.own_ids[k][b])), member.fork(done.cache, b))
     return natural_states(member, text, ends, prefilled, pack.projections(r, k))
+
+
+def prompt_weights(
+    pack: Pack,
+    texts: Sequence[Sequence[str]],
+    planned: Planned,
+    b: int,
+    config: GenerationConfig,
+    reading: Sequence[bool],
+) -> tuple[torch.Tensor, list[float | None]]:
+    """Prompt b's weights [K] and the members' prompt NLLs (log prompt perplexities; None
+    each when the prompt has no token to score). ``reading[k]``: member k reads its own
+    tokenization (natural alignment) and is scored from there."""
+    members = pack.members
+    plan = planned.plans[b]
+    r, length = plan.reference, len(plan.ref_ids)
+    vocab = members[r].vocab_size
+    targets = torch.tensor(plan.ref_ids[1:])
+    walked: dict[int, NaturalStates] = {}
+
+    def states(k: int) -> torch.Tensor | NaturalStates:
+        if reading[k]:
+            if k not in walked:
+                walked[k] = walk_states(pack, texts, planned, k, b)[: length - 1]
+            return walked[k]
+        return planned.translated_pass(members, k).row(b, length - 1)
+
+    nll_t = None
+    if length > 1:
+        nll_t = own_scale_nll(planned.own_nll[b], r) if config.scoring == "own" else None
+        if nll_t is None:
+            per_member = []
+            for k, m in enumerate(members):
+                score = planned.own_nll[b][k]
+                if pack.maps(r, k) is None and score is not None and planned.own_ids[k][b] == plan.inputs[k]:
+                    per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # same tokens: reuse
+                else:
+                    per_member.append(nll_per_token(m, states(k), targets, pack.maps(r, k), vocab).mean())
+            nll_t = torch.stack(per_member)
+    else:
+        warnings.warn(
+            f"prompt {b} has no token to score (one token): using uniform weights", RuntimeWarning, stacklevel=4
+        )
+
+    def all_logits() -> list[torch.Tensor]:
+        return [reference_scores(m, states(k), pack.maps(r, k), vocab) for k, m in enumerate(members)]
+
+    weights = compute_weights(config, nll_t, all_logits, targets, len(members))
+    return weights, [float(v) for v in nll_t] if nll_t is not None else [None] * len(members)
 
 
 def _mean_or_inf(score: OwnScore | None) -> float:

@@ -6,14 +6,18 @@ process holds one tiny pack and at most one real pack.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
+import annotated_types
 import pytest
+import torch
 
 from packllm_integrations import PackEngine
 from packllm_integrations.catalog import is_installed
@@ -23,6 +27,7 @@ REAL_PACK = ("smollm2-135m", "qwen2.5-coder-0.5b")
 """A small real pack with two tokenizer families (loads in seconds once cached)."""
 
 ROOT = Path(__file__).resolve().parents[1]
+BOUNDS = {"gt": annotated_types.Gt, "ge": annotated_types.Ge, "le": annotated_types.Le}
 
 
 @functools.cache
@@ -50,6 +55,57 @@ def embedding_model_folder() -> Path:
     return Path(module.get_model_path())
 
 
+async def loop_ticks_during(call: Awaitable[object]) -> int:
+    """How often a 1 ms ticker got a turn on the event loop while ``call`` ran."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    try:
+        await call
+    finally:
+        done.set()
+        await task
+    return ticks
+
+
+class OutOfMemoryOnce:
+    """Makes a member's next forward pass fail as a device out of memory would, once.
+
+    With ``armed=False`` nothing fails until :meth:`arm` is called (e.g. after a stream's
+    first event, to fail a call that has already yielded output).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, armed: bool = True) -> None:
+        self.failures = 0
+        self.armed = armed
+        # The engine may run the decoder without the LM head, so hook the decoder itself.
+        self._handle = model.base_model.register_forward_pre_hook(self._hook)
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def _hook(self, module: torch.nn.Module, args: object) -> None:
+        if self.armed and self.failures == 0:
+            self.failures += 1
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> OutOfMemoryOnce:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 def _start(steps: list[str]) -> subprocess.Popen[str]:
     """A fresh interpreter that runs each step, printing the top-level modules loaded after each."""
     report = "import json, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
@@ -68,16 +124,41 @@ def _modules(process: subprocess.Popen[str]) -> list[set[str]]:
 
 
 def test_import_boundaries():
-    """The engine imports neither framework; neither adapter imports the other framework."""
+    """The engine and the host layer import neither framework; neither adapter imports the other framework."""
     # Two fresh interpreters, run side by side (importing torch takes seconds).
-    langchain_side = _start(["import packllm_integrations", "import packllm_integrations.langchain"])
+    steps = ["import packllm_integrations", "import packllm_integrations.host", "import packllm_integrations.langchain"]
+    langchain_side = _start(steps)
     llama_side = _start(["import packllm_integrations.llama_index"])
-    engine_only, with_langchain = _modules(langchain_side)
+    engine_only, with_host, with_langchain = _modules(langchain_side)
     (with_llama_index,) = _modules(llama_side)
     assert "torch" in engine_only
     assert "langchain_core" not in engine_only and "llama_index" not in engine_only
+    assert "pydantic" in with_host
+    assert "langchain_core" not in with_host and "llama_index" not in with_host
     assert "langchain_core" in with_langchain and "llama_index" not in with_langchain
     assert "llama_index" in with_llama_index and "langchain_core" not in with_llama_index
+
+
+# ---- one settings table, two hosts ----------------------------------------------------------------
+
+
+def test_both_adapters_fields_come_from_the_one_table():
+    from packllm_integrations.host import SETTINGS
+    from packllm_integrations.langchain import ChatPackLLM, PackLLM
+    from packllm_integrations.llama_index import PackLLM as LlamaPackLLM
+
+    lc, chat, li = PackLLM.model_fields, ChatPackLLM.model_fields, LlamaPackLLM.model_fields
+    assert "max_tokens" in lc and "max_new_tokens" not in lc
+    assert "max_new_tokens" in li and "max_tokens" not in li
+    for setting in SETTINGS:
+        ours = lc[setting.host_name("langchain")], chat[setting.host_name("langchain")], li[setting.name]
+        assert all(f.default is None for f in ours), setting.name
+        assert {f.description for f in ours} == {f"{setting.doc} None: the engine's default."}, setting.name
+        expected = [BOUNDS[k](v) for k, v in setting.bounds.items()]
+        assert all([m for m in f.metadata if isinstance(m, tuple(BOUNDS.values()))] == expected for f in ours)
+    for name in ("models", "engine", "timeout", "max_retries"):
+        assert lc[name].description == li[name].description and lc[name].description
+        assert lc[name].metadata == li[name].metadata and lc[name].default == li[name].default
 
 
 # ---- one engine, two hosts (tiny) -----------------------------------------------------------------

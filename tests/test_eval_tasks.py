@@ -12,15 +12,9 @@ import pytest
 
 from packllm_integrations.errors import ConfigError
 from packllm_integrations.eval import TaskFileError
-from packllm_integrations.eval.tasks import (
-    MCItem,
-    MultipleChoiceTask,
-    TextTask,
-    format_question,
-    load_task_file,
-    rolling_windows,
-    text_windows,
-)
+from packllm_integrations.eval.multiple_choice import MCItem, MultipleChoiceTask, format_question
+from packllm_integrations.eval.task_files import load_task_file
+from packllm_integrations.eval.tasks import TextTask, rolling_windows, text_windows
 
 DATA = Path(__file__).parent / "data"
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from packllm_integrations import ConfigError, MemberSpec, PackEngine, TextEvent
 from packllm_integrations.langchain import PackLLM
 from tests import tiny
-from tests.test_adapters_common import tiny_engine
+from tests.test_adapters_common import OutOfMemoryOnce, loop_ticks_during, tiny_engine
 
 PROMPTS = ["The default value of a keyword argument", "def f(x):", "Once upon a time"]
 
@@ -306,22 +306,7 @@ async def test_concurrent_calls_equal_sequential_calls(llm):
 @pytest.mark.asyncio
 async def test_async_generation_leaves_the_event_loop_free(engine):
     llm = PackLLM(engine=engine, max_tokens=48)
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    task = asyncio.create_task(ticker())
-    try:
-        await llm.ainvoke(PROMPTS[0])
-    finally:
-        done.set()
-        await task
-    assert ticks >= 10  # a blocking call would leave the ticker no turn until it returned
+    assert await loop_ticks_during(llm.ainvoke(PROMPTS[0])) >= 10  # a blocking call leaves the loop no turn
 
 
 @pytest.mark.asyncio
@@ -354,23 +339,6 @@ def test_timeout_raises(engine):
 async def test_async_timeout_raises(engine):
     with pytest.raises(TimeoutError):
         await PackLLM(engine=engine, timeout=1e-6).ainvoke(PROMPTS[0])
-
-
-class OutOfMemoryOnce:
-    """Makes a member's next forward pass fail as a device out of memory would, once."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.failures = 0
-        # The engine may run the decoder without the LM head, so hook the decoder itself.
-        self._handle = model.base_model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: Any) -> None:
-        if self.failures == 0:
-            self.failures += 1
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-
-    def remove(self) -> None:
-        self._handle.remove()
 
 
 @pytest.mark.parametrize("method", ["invoke", "stream"])

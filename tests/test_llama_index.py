@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+import torch
 from llama_index.core import Document, PromptTemplate, Settings, SummaryIndex
 from llama_index.core.base.llms.types import ImageBlock
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from packllm_integrations import ConfigError, PackEngine, PromptError, TextEvent
 from packllm_integrations.llama_index import PackLLM, to_chat_messages
 from tests import tiny
-from tests.test_adapters_common import tiny_engine
+from tests.test_adapters_common import OutOfMemoryOnce, loop_ticks_during, tiny_engine
 
 PROMPTS = ["The default value of a keyword argument", "def f(x):", "Once upon a time"]
 MESSAGES = [
@@ -93,6 +94,8 @@ def test_is_chat_model_follows_the_members_templates(engine, bl, bl_b):
         ({"reference": "nobody"}, "reference='nobody' is invalid"),
         ({"max_tokens": 8}, "max_tokens"),
         ({"models": ["smollm2-135m"]}, "either models or engine"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_retries": -1}, "max_retries"),
     ],
 )
 def test_bad_parameters_raise_at_construction(engine, kwargs, match):
@@ -239,22 +242,7 @@ async def test_concurrent_calls_equal_sequential_calls(llm):
 @pytest.mark.asyncio
 async def test_async_generation_leaves_the_event_loop_free(engine):
     llm = PackLLM(engine=engine, max_new_tokens=48)
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    task = asyncio.create_task(ticker())
-    try:
-        await llm.acomplete(PROMPTS[0])
-    finally:
-        done.set()
-        await task
-    assert ticks >= 10  # a blocking call would leave the ticker no turn until it returned
+    assert await loop_ticks_during(llm.acomplete(PROMPTS[0])) >= 10  # a blocking call leaves the loop no turn
 
 
 # ---- as Settings.llm in a query engine ----------------------------------------------------------------
@@ -276,3 +264,82 @@ def test_query_engine_with_settings_llm(settings_llm, debug):
     streaming = index.as_query_engine(streaming=True, **templates).query(question)
     assert "".join(streaming.response_gen) == response.response
     assert llm_events(debug) == 2
+
+
+# ---- timeouts and retries -------------------------------------------------------------------
+
+
+def test_timeout_raises(engine):
+    llm = PackLLM(engine=engine, timeout=1e-6)
+    with pytest.raises(TimeoutError, match="timeout"):
+        llm.complete(PROMPTS[0])
+    with pytest.raises(TimeoutError):
+        list(llm.stream_complete(PROMPTS[0]))
+    with pytest.raises(TimeoutError):
+        llm.chat(MESSAGES)
+    with pytest.raises(TimeoutError):
+        list(llm.stream_chat(MESSAGES))
+
+
+def test_a_generous_timeout_changes_nothing(llm, engine):
+    assert PackLLM(engine=engine, timeout=600).complete(PROMPTS[0]).text == llm.complete(PROMPTS[0]).text
+
+
+@pytest.mark.asyncio
+async def test_async_timeout_raises(engine):
+    llm = PackLLM(engine=engine, timeout=1e-6)
+    with pytest.raises(TimeoutError):
+        await llm.acomplete(PROMPTS[0])
+    with pytest.raises(TimeoutError):
+        [r async for r in await llm.astream_complete(PROMPTS[0])]
+    with pytest.raises(TimeoutError):
+        await llm.achat(MESSAGES)
+    with pytest.raises(TimeoutError):
+        [r async for r in await llm.astream_chat(MESSAGES)]
+
+
+CALLS = {
+    "complete": lambda llm: llm.complete(PROMPTS[0]).text,
+    "stream_complete": lambda llm: "".join(r.delta for r in llm.stream_complete(PROMPTS[0])),
+    "chat": lambda llm: llm.chat(MESSAGES).message.content,
+    "stream_chat": lambda llm: "".join(r.delta for r in llm.stream_chat(MESSAGES)),
+}
+
+
+@pytest.mark.parametrize("method", list(CALLS))
+def test_out_of_memory_is_retried(engine, method):
+    expected = engine.generate(PROMPTS[0] if "complete" in method else AS_DICTS).text
+    with OutOfMemoryOnce(engine.members[1].model) as fault:
+        text = CALLS[method](PackLLM(engine=engine, max_retries=1))
+    assert fault.failures == 1
+    assert text == expected
+
+
+@pytest.mark.asyncio
+async def test_out_of_memory_is_retried_in_async_calls(engine):
+    llm = PackLLM(engine=engine, max_retries=1)
+    expected = engine.generate(PROMPTS[0]).text
+    with OutOfMemoryOnce(engine.members[0].model) as fault:
+        assert (await llm.acomplete(PROMPTS[0])).text == expected
+    assert fault.failures == 1
+    with OutOfMemoryOnce(engine.members[0].model) as fault:
+        assert "".join([r.delta async for r in await llm.astream_complete(PROMPTS[0])]) == expected
+    assert fault.failures == 1
+
+
+def test_out_of_memory_is_raised_without_retries(engine):
+    with OutOfMemoryOnce(engine.members[0].model) as fault, pytest.raises(torch.OutOfMemoryError):
+        PackLLM(engine=engine, max_retries=0).complete(PROMPTS[0])
+    assert fault.failures == 1
+
+
+def test_a_stream_is_not_retried_after_its_first_response(engine):
+    """A restart would repeat text the caller already has: the error is raised instead."""
+    llm = PackLLM(engine=engine, max_retries=3)
+    with OutOfMemoryOnce(engine.members[0].model, armed=False) as fault:
+        stream = llm.stream_complete(PROMPTS[0])
+        first = next(stream)
+        fault.arm()
+        with pytest.raises(torch.OutOfMemoryError):
+            list(stream)
+    assert first.delta and fault.failures == 1

@@ -15,9 +15,13 @@ Example:
 
 from .data import bigbench_task, lee_task, pydoc_topics_task, stdlib_code_task
 from .errors import DataNotFoundError, MissingDependencyError, TaskFileError
-from .harness import FUSED_METHODS, MEMBER_MODES, EvalReport, Method, TaskResult, evaluate, standard_methods
+from .harness import evaluate
+from .methods import FUSED_METHODS, MEMBER_MODES, Method, standard_methods
+from .multiple_choice import MCItem, MultipleChoiceTask, format_question
 from .report import plot_scores, plot_weights, render_table, render_weights, write_outputs
-from .tasks import MCItem, MultipleChoiceTask, TextTask, format_question, load_task_file, text_windows
+from .results import EvalReport, TaskResult
+from .task_files import load_task_file
+from .tasks import TextTask, text_windows
 
 __all__ = [
     "FUSED_METHODS",

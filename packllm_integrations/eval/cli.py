@@ -7,7 +7,7 @@ Examples::
     packllm eval bigbench:code_line_description --reference qwen2.5-coder-0.5b --output runs/code
     packllm eval-report runs/mc/eval.json runs/text/eval.json --output docs --prefix results
 
-Task specs: a ``.jsonl`` task file (format: :mod:`packllm_integrations.eval.tasks`),
+Task specs: a ``.jsonl`` task file (format: :mod:`packllm_integrations.eval.task_files`),
 ``bigbench:NAME`` (BIG-bench multiple choice; needs ``$PACKLLM_BIGBENCH``), ``lee`` (news
 prose), ``stdlib`` or ``stdlib:MOD+MOD`` (Python code), ``pydoc`` (Python's documentation).
 This module is imported by ``packllm`` to register the subcommands.
@@ -23,8 +23,8 @@ from typing import Any
 
 from ..cli import SUBCOMMANDS
 from ..errors import ConfigError
-from .harness import FUSED_METHODS, MEMBER_MODES
-from .tasks import NORMALIZATIONS, MultipleChoiceTask
+from .methods import FUSED_METHODS, MEMBER_MODES
+from .multiple_choice import NORMALIZATIONS, MultipleChoiceTask
 
 __all__ = ["add_eval_parser", "add_report_parser", "parse_task", "run_eval", "run_report"]
 
@@ -106,7 +106,7 @@ def add_report_parser(sub: Any) -> None:
 def parse_task(spec: str, args: argparse.Namespace) -> Any:
     """Build the task a command-line spec names (see the module docstring)."""
     from . import data
-    from .tasks import load_task_file
+    from .task_files import load_task_file
 
     text_options = {"window_chars": args.window_chars, "context_chars": args.context_chars}
     name, _, rest = spec.partition(":")
@@ -134,41 +134,22 @@ def parse_task(spec: str, args: argparse.Namespace) -> Any:
     raise ConfigError("task", spec, "a .jsonl file, bigbench:NAME, lee, stdlib[:MOD+MOD] or pydoc")
 
 
-def _fixed(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(w) for w in text.split(","))
-    except ValueError:
-        raise ConfigError("fixed", text, "comma-separated numbers, e.g. 0.2,0.3,0.5") from None
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """``packllm eval``: check every setting and build every task, then load the pack and run."""
-    from ..config import GenerationConfig
-    from ..engine import PackEngine
-    from ..loading import parse_spec
-    from .harness import evaluate, standard_methods
+    from ..host import check_settings, load_engine, parse_weights
+    from .harness import evaluate
+    from .methods import standard_methods
 
     overrides = {"reference": args.reference, "tau": args.tau}
-    GenerationConfig().merged(**overrides)
-    fixed = _fixed(args.fixed)
+    check_settings(overrides)
+    fixed = None if args.fixed is None else parse_weights(args.fixed, parameter="fixed")
     if fixed is not None:
-        GenerationConfig(weighting="fixed", weights=fixed)
-    scorings = None
-    if args.scoring is not None:
-        scorings = [m.strip() for m in args.scoring.split(",") if m.strip()]
-        for mode in scorings:
-            GenerationConfig().merged(scoring=mode)
-    alignments = None
-    if args.alignment is not None:
-        alignments = [m.strip() for m in args.alignment.split(",") if m.strip()]
-        for mode in alignments:
-            GenerationConfig().merged(alignment=mode)
+        check_settings({"weights": fixed})
+    scorings = _modes(args.scoring, "scoring")
+    alignments = _modes(args.alignment, "alignment")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     tasks = [parse_task(spec, args) for spec in args.tasks]
-    specs = [parse_spec(s) for s in args.model or []]
-    engine = PackEngine.from_models(specs, progress=not args.quiet)
+    engine = load_engine(args.model, settings=overrides, progress=not args.quiet)
     shared = {k: v for k, v in overrides.items() if v is not None}
     columns = standard_methods(
         engine, methods, fixed=fixed, members=args.members, scorings=scorings, alignments=alignments, **shared
@@ -181,9 +162,21 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _modes(text: str | None, setting: str) -> list[str] | None:
+    """A comma-separated list of one setting's values, each checked (None: not given)."""
+    if text is None:
+        return None
+    from ..host import check_settings
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    for mode in modes:
+        check_settings({setting: mode})
+    return modes
+
+
 def run_report(args: argparse.Namespace) -> int:
     """``packllm eval-report``: merge saved results, print the tables, write outputs."""
-    from .harness import EvalReport
+    from .results import EvalReport
 
     reports = []
     for path in args.results:

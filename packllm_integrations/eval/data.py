@@ -34,7 +34,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from .errors import DataNotFoundError
-from .tasks import MCItem, MultipleChoiceTask, TextTask
+from .multiple_choice import MCItem, MultipleChoiceTask
+from .tasks import TextTask
 
 __all__ = [
     "BIGBENCH_ENV",

@@ -1,19 +1,12 @@
-"""Run tasks over a pack with several methods side by side, from one forward pass per member.
+"""The evaluation loop: run tasks over a pack with several methods side by side.
 
-Every fused method (``uniform``, ``top1``, ``sim``, ``opt``, ``fixed``) is a
-:class:`~packllm_integrations.GenerationConfig`, and one call of
-:meth:`PackEngine.score_many <packllm_integrations.PackEngine.score_many>` scores a batch of
-pairs under all of them from one forward pass per member. A member alone is scored one of
-two ways:
-
-- ``"native"`` (default): as a one-member pack, reading its own tokenization of the text:
-  the honest single-model baseline. Where the pack chose that member as the reference, its
-  tokens and logits are exactly the pack's, so the pack run's result is reused and no extra
-  forward pass is made.
-- ``"pack"``: fixed one-hot weights inside the pack (free). A member that is not the
-  prompt's reference is then scored on the reference tokens translated to its vocabulary
-  (MinED), which is not how the member reads text on its own; such methods are named
-  ``"<member>[pack]"``.
+Every pack method (a fused weighting, or a member inside the pack; see
+:mod:`packllm_integrations.eval.methods`) is a :class:`~packllm_integrations.GenerationConfig`,
+and one call of :meth:`PackEngine.score_many <packllm_integrations.PackEngine.score_many>`
+scores a batch of pairs under all of them from one forward pass per member. A member alone
+(``"native"``) is scored as a one-member pack, except where the pack chose it as the
+reference: its tokens and logits are then exactly the pack's, so the pack run's result is
+reused. The numbers come back as an :class:`~packllm_integrations.eval.results.EvalReport`.
 
 Example:
     >>> from packllm_integrations import PackEngine  # doctest: +SKIP
@@ -26,274 +19,19 @@ Example:
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..config import GenerationConfig
 from ..engine import PackEngine
 from ..errors import ConfigError
 from ..events import ScoreResult
+from .methods import Method, one_hot, standard_methods
+from .results import EvalReport, TaskResult
 from .tasks import Task
 
-__all__ = [
-    "FUSED_METHODS",
-    "MEMBER_MODES",
-    "Method",
-    "TaskResult",
-    "EvalReport",
-    "standard_methods",
-    "evaluate",
-]
-
-FUSED_METHODS = ("uniform", "top1", "sim", "opt")
-"""The pack's weightings evaluated by default (``fixed`` joins them when weights are given)."""
-MEMBER_MODES = ("native", "pack", "both", "none")
-"""How members alone are evaluated: see the module docstring (``both``: both kinds; ``none``: not at all)."""
-
-
-@dataclass(frozen=True)
-class Method:
-    """One column of the results.
-
-    Args:
-        name: the column's name.
-        kind: ``"member"`` (a member alone, its own tokenizer), ``"member-in-pack"``
-            (one-hot weights inside the pack) or ``"fused"`` (a pack weighting).
-        config: the pack config for ``member-in-pack`` and ``fused`` methods.
-        member: the member's name for the two member kinds.
-
-    >>> Method("sim", "fused", GenerationConfig(weighting="sim")).describe()["weighting"]
-    'sim'
-    """
-
-    name: str
-    kind: str
-    config: GenerationConfig | None = None
-    member: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("member", "member-in-pack", "fused"):
-            raise ConfigError("kind", self.kind, "'member', 'member-in-pack' or 'fused'")
-        if (self.kind == "member") != (self.config is None):
-            raise ConfigError("config", self.config, "None for a member alone, else a GenerationConfig")
-        if self.kind != "fused" and not self.member:
-            raise ConfigError("member", self.member, "a member name")
-
-    def describe(self) -> dict[str, Any]:
-        """The method as plain data (saved with the results)."""
-        cfg = self.config
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "member": self.member,
-            "weighting": cfg.weighting if cfg else None,
-            "weights": list(cfg.weights) if cfg and cfg.weights else None,
-            "tau": cfg.tau if cfg else None,
-            "reference": cfg.reference if cfg else None,
-            "scoring": getattr(cfg, "scoring", None) if cfg else None,
-            "alignment": getattr(cfg, "alignment", None) if cfg else None,
-        }
-
-
-def _one_hot(engine: PackEngine, index: int, **overrides: Any) -> GenerationConfig:
-    weights = tuple(1.0 if j == index else 0.0 for j in range(len(engine.members)))
-    return engine.resolve(weighting="fixed", weights=weights, **overrides)
-
-
-def standard_methods(
-    engine: PackEngine,
-    methods: Sequence[str] = ("members", *FUSED_METHODS),
-    *,
-    fixed: Sequence[float] | None = None,
-    members: str = "native",
-    scorings: Sequence[str] | None = None,
-    alignments: Sequence[str] | None = None,
-    **overrides: Any,
-) -> list[Method]:
-    """The methods to compare: each member alone, then the pack's weightings.
-
-    Args:
-        engine: the pack.
-        methods: ``"members"`` and weighting names, in column order; ``"fixed"`` is added at
-            the end when ``fixed`` weights are given.
-        fixed: member weights for the ``fixed`` method (renormalised).
-        members: how members alone are scored: one of :data:`MEMBER_MODES`.
-        scorings: values of the config's ``scoring`` field to compare side by side (all
-            from the same forward passes): ``top1``, ``sim`` and ``opt`` are repeated for each,
-            the first keeping the plain names and the others named ``"sim[own]"``...;
-            ``uniform`` and ``fixed`` do not depend on it and appear once.
-        alignments: values of the config's ``alignment`` field to compare side by side;
-            every fused method is repeated for each (``"sim[natural]"``,
-            ``"sim[natural,own]"`` with scorings too).
-        **overrides: config fields shared by every fused method (``reference``, ``tau``...).
-
-    >>> [m.name for m in standard_methods(engine)]  # doctest: +SKIP
-    ['smollm2-135m', 'gemma3-270m', 'qwen2.5-coder-0.5b', 'uniform', 'top1', 'sim', 'opt']
-    """
-    if members not in MEMBER_MODES:
-        raise ConfigError("members", members, f"one of {', '.join(MEMBER_MODES)}")
-    for key in ("weighting", "weights"):
-        if key in overrides:
-            raise ConfigError(key, overrides[key], "no value here: choose weightings with 'methods' and 'fixed'")
-    choices = (("scoring", scorings, "reference', 'own"), ("alignment", alignments, "mined', 'natural"))
-    for key, values, example in choices:
-        if values is None:
-            continue
-        if key in overrides:
-            raise ConfigError(key, overrides[key], f"no value here when '{key}s' is given")
-        if isinstance(values, str) or not values or len(set(values)) != len(values):
-            raise ConfigError(f"{key}s", values, f"a list of distinct {key} modes, e.g. ['{example}']")
-    kinds: list[str | None] = list(alignments) if alignments is not None else [None]
-    modes: list[str | None] = list(scorings) if scorings is not None else [None]
-    names = list(methods)
-    if fixed is not None and "fixed" not in names:
-        names.append("fixed")
-    out: list[Method] = []
-    for name in names:
-        if name == "members":
-            for k, member in enumerate(engine.names):
-                if members in ("native", "both"):
-                    out.append(Method(member, "member", member=member))
-                if members in ("pack", "both"):
-                    out.append(Method(f"{member}[pack]", "member-in-pack", _one_hot(engine, k, **overrides), member))
-        elif name in ("fixed", "uniform") or name in FUSED_METHODS:
-            if name == "fixed" and fixed is None:
-                raise ConfigError("fixed", None, "member weights when the 'fixed' method is asked for")
-            extra = {"weights": tuple(fixed)} if name == "fixed" and fixed is not None else {}
-            variants = [(a, None) for a in kinds] if name in ("fixed", "uniform") else _variants(kinds, modes)
-            for i, (kind, mode) in enumerate(variants):
-                tags = [v for v, given in ((kind, alignments), (mode, scorings)) if given is not None and v is not None]
-                label = name if i == 0 or not tags else f"{name}[{','.join(tags)}]"
-                settings = {**overrides, **extra}
-                if kind is not None:
-                    settings["alignment"] = kind
-                if mode is not None:
-                    settings["scoring"] = mode
-                out.append(Method(label, "fused", engine.resolve(weighting=name, **settings)))
-        else:
-            raise ConfigError("methods", name, f"'members', 'fixed' or one of {', '.join(FUSED_METHODS)}")
-    seen = [m.name for m in out]
-    if len(set(seen)) != len(seen):
-        raise ConfigError("methods", seen, "distinct methods")
-    return out
-
-
-def _variants(kinds: Sequence[str | None], modes: Sequence[str | None]) -> list[tuple[str | None, str | None]]:
-    return [(kind, mode) for kind in kinds for mode in modes]
-
-
-@dataclass
-class TaskResult:
-    """One task's measured numbers under every method.
-
-    ``scores`` maps each method to the task's metric; ``per_item`` to each item's prediction
-    (multiple choice) or bits per byte (text windows). ``weights`` holds, per pack method,
-    the fusion weights of each item (of its first pair); ``references`` the reference member
-    of each item and ``perplexity`` each member's prompt perplexity per item (from the pack).
-    """
-
-    task: str
-    kind: str
-    metric: str
-    higher_is_better: bool
-    items: int
-    pairs: int
-    scores: dict[str, float]
-    per_item: dict[str, list[Any]] = field(default_factory=dict)
-    weights: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    references: list[str] = field(default_factory=list)
-    perplexity: list[dict[str, float | None]] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)
-    scored_bytes: int | None = None
-    seconds: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def best(self) -> str:
-        """The method with the best score (ties: the first in column order)."""
-        sign = -1.0 if self.higher_is_better else 1.0
-        return min(self.scores, key=lambda m: sign * self.scores[m])
-
-    def mean_weights(self, method: str) -> dict[str, float]:
-        """Each member's mean weight under ``method`` over the task's items."""
-        rows = self.weights.get(method, [])
-        if not rows:
-            return {}
-        return {name: sum(r[name] for r in rows) / len(rows) for name in rows[0]}
-
-
-@dataclass
-class EvalReport:
-    """The results of one run: members, methods and one :class:`TaskResult` per task."""
-
-    members: list[str]
-    methods: list[dict[str, Any]]
-    tasks: list[TaskResult]
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def method_names(self) -> list[str]:
-        return [m["name"] for m in self.methods]
-
-    def task(self, name: str) -> TaskResult:
-        """The result of task ``name``."""
-        for t in self.tasks:
-            if t.task == name:
-                return t
-        raise ConfigError("task", name, f"one of {', '.join(t.task for t in self.tasks)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "members": self.members,
-            "methods": self.methods,
-            "settings": self.settings,
-            "tasks": [asdict(t) for t in self.tasks],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
-        return cls(
-            members=list(data["members"]),
-            methods=list(data["methods"]),
-            tasks=[TaskResult(**t) for t in data["tasks"]],
-            settings=dict(data.get("settings", {})),
-        )
-
-    def save(self, path: str | Path) -> Path:
-        """Write the report as JSON; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> EvalReport:
-        """Read a report written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-    @classmethod
-    def merge(cls, reports: Sequence[EvalReport]) -> EvalReport:
-        """One report holding the tasks of several runs over the same members.
-
-        Methods keep the first run's order; a method missing from a run has no score there.
-        """
-        if not reports:
-            raise ConfigError("reports", [], "at least one report")
-        members = reports[0].members
-        methods: list[dict[str, Any]] = []
-        for report in reports:
-            if report.members != members:
-                raise ConfigError("reports", report.members, f"reports over the same members ({', '.join(members)})")
-            methods += [m for m in report.methods if m["name"] not in {x["name"] for x in methods}]
-        tasks = [t for r in reports for t in r.tasks]
-        names = [t.task for t in tasks]
-        if len(set(names)) != len(names):
-            raise ConfigError("reports", names, "reports with distinct task names")
-        return cls(members, methods, tasks, {"merged": [r.settings for r in reports]})
+__all__ = ["evaluate"]
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -314,7 +52,7 @@ def evaluate(
 
     Args:
         engine: the pack.
-        tasks: :class:`~packllm_integrations.eval.tasks.MultipleChoiceTask` and
+        tasks: :class:`~packllm_integrations.eval.multiple_choice.MultipleChoiceTask` and
             :class:`~packllm_integrations.eval.tasks.TextTask` objects (or any :class:`Task`).
         methods: the columns (default: :func:`standard_methods`).
         batch_size: pairs per engine call (rows are padded to the longest).
@@ -352,7 +90,7 @@ def evaluate(
         for m in natives:
             k = engine.names.index(m.member or "")
             reusable[m.name] = len(configs)
-            configs.append(_one_hot(engine, k, reference=base.reference))
+            configs.append(one_hot(engine, k, reference=base.reference))
     solo = {m.name: PackEngine([engine.members[engine.names.index(m.member or "")]], progress=False) for m in natives}
 
     all_pairs = [t.pairs() for t in tasks]

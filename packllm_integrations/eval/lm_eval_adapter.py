@@ -38,9 +38,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import GenerationConfig
 from ..engine import PackEngine
 from ..errors import ConfigError
+from ..host import check_settings, load_engine, parse_weights
 from .errors import MissingDependencyError
 from .tasks import rolling_windows
 
@@ -103,10 +103,7 @@ class PackLM(LM):
         if weights_on not in ("context", "full"):
             raise ConfigError("weights_on", weights_on, "'context' or 'full'")
         if isinstance(weights, str):
-            try:
-                weights = tuple(float(w) for w in weights.split(":"))
-            except ValueError:
-                raise ConfigError("weights", weights, "numbers joined with ':', e.g. 0.3:0.7") from None
+            weights = parse_weights(weights, separator=":")
         overrides = {
             "weighting": weighting,
             "weights": weights,
@@ -115,15 +112,10 @@ class PackLM(LM):
             "scoring": scoring,
             "alignment": alignment,
         }
-        GenerationConfig().merged(**overrides)  # fail on a bad setting before loading any model
+        check_settings(overrides)  # fail on a bad setting before loading any model
         rolling_windows("", window_chars, context_chars)  # checks both sizes
-        if engine is None:
-            from ..loading import parse_spec
-
-            specs = [parse_spec(s) for s in (models.split("+") if models else [])]
-            engine = PackEngine.from_models(specs, progress=progress)
-        elif not isinstance(engine, PackEngine):
-            raise ConfigError("engine", type(engine).__name__, "a PackEngine")
+        specs = models.split("+") if models and engine is None else None  # models are ignored beside an engine
+        engine = load_engine(specs, engine, overrides, progress=progress)
         self.engine = engine
         self.config = engine.resolve(**overrides)
         self.weights_on = weights_on

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .errors import MissingDependencyError
-from .harness import EvalReport, TaskResult
+from .results import EvalReport, TaskResult
 
 __all__ = [
     "FORMATS",

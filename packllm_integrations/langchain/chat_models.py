@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -21,8 +20,9 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict
 
 from ..errors import ConfigError, PromptError
-from ..events import FinishEvent, GenerationResult, TextEvent
-from ._pack import PackSettings, acollect, arun_events, collect, result_info, run_events, token_usage
+from ..events import Event, FinishEvent, GenerationResult, TextEvent
+from ..host import merge_messages
+from ._pack import PackSettings, generation_info
 
 __all__ = ["ChatPackLLM", "to_chat_messages"]
 
@@ -62,21 +62,13 @@ class ChatPackLLM(PackSettings, BaseChatModel):
     def _llm_type(self) -> str:
         return "packllm-chat"
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = self._ls_settings(stop, kwargs)
-        return LangSmithParams(ls_model_type="chat", **params)  # type: ignore[typeddict-item]
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` for the pack's reference tokenizer (no download)."""
-        if self.custom_get_token_ids is not None:
-            return self.custom_get_token_ids(text)
-        return self._reference_ids(text)
+    _ls_model_type: ClassVar[str] = "chat"
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens of the conversation as the reference member reads it (chat template included)."""
         if tools:
             raise ConfigError("tools", f"<{len(tools)} tools>", "no tools: the pack has no tool calling")
-        member = self.pack.reference_member(self._call_config(None, {}))
+        member = self._reference_member()
         return len(member.encode(member.render_chat(to_chat_messages(messages))))
 
     # ---- generation ---------------------------------------------------------------------
@@ -89,10 +81,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        events = run_events(
-            self.pack, [prompt], config, timeout=self.timeout, max_retries=self.max_retries, restart_after_output=True
-        )
-        return self._chat_result(collect(events, 1)[0])
+        return self._chat_result(self._runner().results([prompt], config)[0])
 
     async def _agenerate(
         self,
@@ -102,10 +91,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        events = arun_events(
-            self.pack, [prompt], config, timeout=self.timeout, max_retries=self.max_retries, restart_after_output=True
-        )
-        return self._chat_result((await acollect(events, 1))[0])
+        return self._chat_result((await self._runner().aresults([prompt], config))[0])
 
     def _chat_result(self, result: GenerationResult) -> ChatResult:
         message = AIMessage(
@@ -113,11 +99,8 @@ class ChatPackLLM(PackSettings, BaseChatModel):
             usage_metadata=_usage(result),
             response_metadata={"model_name": self.model_name},
         )
-        generation = ChatGeneration(message=message, generation_info=result_info(result))
-        return ChatResult(
-            generations=[generation],
-            llm_output={"token_usage": token_usage([result]), "model_name": self.model_name},
-        )
+        generation = ChatGeneration(message=message, generation_info=generation_info(result))
+        return ChatResult(generations=[generation], llm_output=self._llm_output([result]))
 
     # ---- streaming ----------------------------------------------------------------------
 
@@ -133,7 +116,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         LangChain's ``BaseChatModel`` reports each chunk to the callbacks itself.
         """
         prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        for event in run_events(self.pack, [prompt], config, timeout=self.timeout, max_retries=self.max_retries):
+        for event in self._runner().events([prompt], config):
             chunk = self._chunk(event)
             if chunk is not None:
                 yield chunk
@@ -146,13 +129,12 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        events = arun_events(self.pack, [prompt], config, timeout=self.timeout, max_retries=self.max_retries)
-        async for event in events:
+        async for event in self._runner().aevents([prompt], config):
             chunk = self._chunk(event)
             if chunk is not None:
                 yield chunk
 
-    def _chunk(self, event: Any) -> ChatGenerationChunk | None:
+    def _chunk(self, event: Event) -> ChatGenerationChunk | None:
         if isinstance(event, TextEvent):
             return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
         if isinstance(event, FinishEvent):
@@ -162,7 +144,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
                 response_metadata={"model_name": self.model_name},
                 chunk_position="last",
             )
-            return ChatGenerationChunk(message=message, generation_info=result_info(event.result))
+            return ChatGenerationChunk(message=message, generation_info=generation_info(event.result))
         return None
 
 
@@ -189,33 +171,28 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     >>> to_chat_messages([SystemMessage("Be brief."), HumanMessage("Hi"), HumanMessage("there")])
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi\\n\\nthere'}]
     """
-    out: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if isinstance(message, SystemMessage):
-            role = "system"
-        elif isinstance(message, HumanMessage):
-            role = "user"
-        elif isinstance(message, AIMessage):
-            if message.tool_calls or message.invalid_tool_calls:
-                raise PromptError(where, "<AIMessage with tool calls>", "text messages: the pack has no tool calling")
-            role = "assistant"
-        elif isinstance(message, ChatMessage):
-            role = message.role
-        else:
-            raise PromptError(
-                where,
-                type(message).__name__,
-                "SystemMessage, HumanMessage, AIMessage or ChatMessage (no tool messages)",
-            )
-        text = _text(message.content, where)
-        if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n\n" + text
-        else:
-            out.append({"role": role, "content": text})
-    if not out:
-        raise PromptError("messages", [], "at least one message")
-    return out
+    return merge_messages(_role_and_text(i, message) for i, message in enumerate(messages))
+
+
+def _role_and_text(i: int, message: BaseMessage) -> tuple[str, str]:
+    where = f"messages[{i}]"
+    if isinstance(message, SystemMessage):
+        role = "system"
+    elif isinstance(message, HumanMessage):
+        role = "user"
+    elif isinstance(message, AIMessage):
+        if message.tool_calls or message.invalid_tool_calls:
+            raise PromptError(where, "<AIMessage with tool calls>", "text messages: the pack has no tool calling")
+        role = "assistant"
+    elif isinstance(message, ChatMessage):
+        role = message.role
+    else:
+        raise PromptError(
+            where,
+            type(message).__name__,
+            "SystemMessage, HumanMessage, AIMessage or ChatMessage (no tool messages)",
+        )
+    return role, _text(message.content, where)
 
 
 def _text(content: str | list[str | dict[str, Any]], where: str) -> str:

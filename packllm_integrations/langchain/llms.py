@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
-from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from ..events import FinishEvent, GenerationResult, TextEvent
-from ._pack import PackSettings, acollect, arun_events, collect, result_info, run_events, token_usage
+from ..events import Event, FinishEvent, GenerationResult, TextEvent
+from ._pack import PackSettings, generation_info
 
 __all__ = ["PackLLM"]
 
@@ -47,19 +46,7 @@ class PackLLM(PackSettings, BaseLLM):
     def _llm_type(self) -> str:
         return "packllm"
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = self._ls_settings(stop, kwargs)
-        return LangSmithParams(ls_model_type="llm", **params)  # type: ignore[typeddict-item]
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` for the pack's reference tokenizer (no download).
-
-        The reference is the configured ``reference`` member, else the first member; each
-        prompt's own reference may differ when ``reference`` is None.
-        """
-        if self.custom_get_token_ids is not None:
-            return self.custom_get_token_ids(text)
-        return self._reference_ids(text)
+    _ls_model_type: ClassVar[str] = "llm"
 
     # ---- generation ---------------------------------------------------------------------
 
@@ -70,16 +57,7 @@ class PackLLM(PackSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        config = self._call_config(stop, kwargs)
-        events = run_events(
-            self.pack,
-            prompts,
-            config,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            restart_after_output=True,
-        )
-        return self._llm_result(collect(events, len(prompts)))
+        return self._llm_result(self._runner().results(prompts, self._call_config(stop, kwargs)))
 
     async def _agenerate(
         self,
@@ -88,21 +66,12 @@ class PackLLM(PackSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        config = self._call_config(stop, kwargs)
-        events = arun_events(
-            self.pack,
-            prompts,
-            config,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            restart_after_output=True,
-        )
-        return self._llm_result(await acollect(events, len(prompts)))
+        return self._llm_result(await self._runner().aresults(prompts, self._call_config(stop, kwargs)))
 
     def _llm_result(self, results: list[GenerationResult]) -> LLMResult:
         return LLMResult(
-            generations=[[Generation(text=r.text, generation_info=result_info(r))] for r in results],
-            llm_output={"token_usage": token_usage(results), "model_name": self.model_name},
+            generations=[[Generation(text=r.text, generation_info=generation_info(r))] for r in results],
+            llm_output=self._llm_output(results),
         )
 
     # ---- streaming ----------------------------------------------------------------------
@@ -115,8 +84,7 @@ class PackLLM(PackSettings, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         """A chunk per text piece, then an empty chunk holding the ``generation_info``."""
-        config = self._call_config(stop, kwargs)
-        for event in run_events(self.pack, [prompt], config, timeout=self.timeout, max_retries=self.max_retries):
+        for event in self._runner().events([prompt], self._call_config(stop, kwargs)):
             chunk = _chunk(event)
             if chunk is None:
                 continue
@@ -131,9 +99,7 @@ class PackLLM(PackSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        config = self._call_config(stop, kwargs)
-        events = arun_events(self.pack, [prompt], config, timeout=self.timeout, max_retries=self.max_retries)
-        async for event in events:
+        async for event in self._runner().aevents([prompt], self._call_config(stop, kwargs)):
             chunk = _chunk(event)
             if chunk is None:
                 continue
@@ -142,10 +108,10 @@ class PackLLM(PackSettings, BaseLLM):
             yield chunk
 
 
-def _chunk(event: Any) -> GenerationChunk | None:
+def _chunk(event: Event) -> GenerationChunk | None:
     """The chunk of an engine event: text pieces, and the final info on an empty chunk."""
     if isinstance(event, TextEvent):
         return GenerationChunk(text=event.text)
     if isinstance(event, FinishEvent):
-        return GenerationChunk(text="", generation_info=result_info(event.result))
+        return GenerationChunk(text="", generation_info=generation_info(event.result))
     return None

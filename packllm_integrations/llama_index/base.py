@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
@@ -20,31 +20,17 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-from ..aio import iterate_in_threads
-from ..config import GenerationConfig
-from ..engine import PackEngine, Prompt
-from ..errors import ConfigError, PromptError
+from ..engine import Prompt
+from ..errors import PromptError
 from ..events import Event, FinishEvent, GenerationResult, TextEvent, WeightsEvent
-from ..loading import MemberSpec
+from ..host import merge_messages, pack_model, result_metadata, weights_metadata
 
 __all__ = ["PackLLM", "to_chat_messages"]
 
-_SETTINGS = (
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "stop",
-    "weighting",
-    "tau",
-    "weights",
-    "reference",
-    "scoring",
-    "alignment",
-)
+R = TypeVar("R", CompletionResponse, ChatResponse)
+
 _ROLES = {
     MessageRole.SYSTEM: "system",
     MessageRole.DEVELOPER: "system",
@@ -55,7 +41,7 @@ _ROLES = {
 }
 
 
-class PackLLM(CustomLLM):
+class PackLLM(pack_model("llama_index"), CustomLLM):  # type: ignore[misc]
     """PackLLM test-time fusion of several causal LMs, as a LlamaIndex LLM.
 
     ``metadata`` reports the pack's real limits: the smallest member's context window and
@@ -70,7 +56,9 @@ class PackLLM(CustomLLM):
     ``formatted=True``; a custom ``messages_to_prompt`` replaces the members' chat templates
     with that one string. ``system_prompt`` is added by LlamaIndex's ``predict`` and query
     engines, as for every LlamaIndex LLM. The async methods run the decoding steps in worker
-    threads and fire one callback event per call.
+    threads and fire one callback event per call. ``timeout`` bounds each call's time and
+    ``max_retries`` retries a call whose device ran out of memory (a stream only before its
+    first response).
 
     Example:
         >>> from llama_index.core import Settings
@@ -84,78 +72,17 @@ class PackLLM(CustomLLM):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
-    models: list[str | MemberSpec] | None = Field(
-        default=None,
-        description="Member specs (catalog names, model folders, GGUF files, MemberSpec) loaded at construction; "
-        "give either models or engine (neither: the default pack).",
-    )
-    engine: PackEngine | None = Field(
-        default=None,
-        exclude=True,
-        repr=False,
-        description="An already built PackEngine, shared with other LLMs (LlamaIndex or LangChain); "
-        "set after construction.",
-    )
-    max_new_tokens: int | None = Field(
-        default=None, gt=0, description="Most tokens to generate (None: the engine's default)."
-    )
-    temperature: float | None = Field(default=None, ge=0, description="0 for greedy decoding, above 0 to sample.")
-    top_k: int | None = Field(default=None, ge=0, description="Sample among the k most likely tokens (0: no limit).")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling threshold (1: no limit).")
-    seed: int | None = Field(default=None, description="Seed of the sampler (same seed, same text).")
-    stop: list[str] | None = Field(
-        default=None, description="Stop strings: generation ends before the first one, which is never returned."
-    )
-    weighting: str | None = Field(
-        default=None, description="Member weighting per prompt: 'sim', 'opt', 'uniform', 'top1' or 'fixed'."
-    )
-    tau: float | None = Field(default=None, gt=0, description="Temperature of 'sim' weighting.")
-    weights: list[float] | None = Field(
-        default=None, description="Fixed member weights in pack order (implies weighting='fixed')."
-    )
-    reference: str | None = Field(
-        default=None,
-        description="Member whose vocabulary the fused distribution uses (None: the lowest prompt perplexity).",
-    )
-    scoring: str | None = Field(
-        default=None,
-        description="How members with different tokenizers score the prompt: 'reference' (translated reference "
-        "tokens, the authors' way) or 'own' (each member's own tokenization, per byte).",
-    )
-    alignment: str | None = Field(
-        default=None,
-        description="How members with other tokenizers read the text: 'mined' (the reference's tokens translated "
-        "through the vocabulary map) or 'natural' (their own tokenization).",
-    )
     is_chat_model: bool | None = Field(
         default=None,
         description="Whether query engines call chat (members' chat templates) rather than complete; "
         "None: when every member has a chat template.",
     )
 
-    @model_validator(mode="after")
-    def _set_up_pack(self) -> PackLLM:
-        """Check every setting, then load the pack (checks come first: loading takes seconds)."""
-        self.engine = PackEngine.shared_or_loaded(self.models, self.engine, self._own_settings())
-        return self
-
     @classmethod
     def class_name(cls) -> str:
         return "packllm"
 
     # ---- facts -------------------------------------------------------------------------
-
-    @property
-    def pack(self) -> PackEngine:
-        """The engine (always set once the LLM is constructed)."""
-        if self.engine is None:  # only reachable through model_construct(), which skips validation
-            raise ConfigError("engine", None, "a PackEngine (build the LLM normally, not with model_construct)")
-        return self.engine
-
-    @property
-    def model_name(self) -> str:
-        """The pack's name: ``packllm:`` and the member names joined by ``+``."""
-        return "packllm:" + "+".join(self.pack.names)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -165,7 +92,7 @@ class PackLLM(CustomLLM):
             chat = all(m.has_chat_template for m in self.pack.members)
         return LLMMetadata(
             context_window=self.pack.context_window,
-            num_output=self._config({}).max_new_tokens,
+            num_output=self._resolve().max_new_tokens,
             is_chat_model=chat,
             is_function_calling_model=False,
             model_name=self.model_name,
@@ -176,27 +103,9 @@ class PackLLM(CustomLLM):
 
         The reference is the configured ``reference`` member, else the first member.
         """
-        return self.pack.reference_member(self._config({})).encode(text)
+        return self._reference_member().encode(text)
 
-    # ---- settings -----------------------------------------------------------------------
-
-    def _own_settings(self) -> dict[str, Any]:
-        out = {}
-        for name in _SETTINGS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = tuple(value) if isinstance(value, list) else value
-        return out
-
-    def _config(self, kwargs: dict[str, Any]) -> GenerationConfig:
-        """The config of one call: the engine's, then this LLM's settings, then the call's."""
-        call = {}
-        for name, value in kwargs.items():
-            if name not in _SETTINGS:
-                raise ConfigError(name, value, f"a generation setting ({', '.join(_SETTINGS)})")
-            call[name] = tuple(value) if isinstance(value, list) else value
-        engine = self.pack
-        return engine.resolve(engine.config.merged(**self._own_settings()), **call)
+    # ---- prompts ------------------------------------------------------------------------
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
         """The members' chat templates, unless a custom ``messages_to_prompt`` was given."""
@@ -214,69 +123,49 @@ class PackLLM(CustomLLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Generate a completion of ``prompt`` (raw text, the same for every member)."""
-        result = self.pack.generate(self._text_prompt(prompt, formatted), self._config(kwargs))
-        return CompletionResponse(text=result.text, additional_kwargs=_info(result), raw=result.to_dict())
+        result = self._runner().results([self._text_prompt(prompt, formatted)], self._resolve(kwargs))[0]
+        return _final(_completion, result)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Stream a completion: each response holds the text so far and its ``delta``."""
-        events = self.pack.stream(self._text_prompt(prompt, formatted), self._config(kwargs))
-        return _completions(events)
+        events = self._runner().events([self._text_prompt(prompt, formatted)], self._resolve(kwargs))
+        return _responses(events, _completion)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """:meth:`complete` with the decoding steps in worker threads."""
-        events = self.pack.stream(self._text_prompt(prompt, formatted), self._config(kwargs))
-        result = await _final(iterate_in_threads(events))
-        return CompletionResponse(text=result.text, additional_kwargs=_info(result), raw=result.to_dict())
+        results = await self._runner().aresults([self._text_prompt(prompt, formatted)], self._resolve(kwargs))
+        return _final(_completion, results[0])
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         """:meth:`stream_complete` with the decoding steps in worker threads."""
-        events = self.pack.stream(self._text_prompt(prompt, formatted), self._config(kwargs))
-
-        async def responses() -> CompletionResponseAsyncGen:
-            state = _StreamState()
-            async for event in iterate_in_threads(events):
-                response = state.completion(event)
-                if response is not None:
-                    yield response
-
-        return responses()
+        events = self._runner().aevents([self._text_prompt(prompt, formatted)], self._resolve(kwargs))
+        return _aresponses(events, _completion)
 
     # ---- chat -----------------------------------------------------------------------------
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Reply to ``messages``, each member reading them through its own chat template."""
-        result = self.pack.generate(self._chat_prompt(messages), self._config(kwargs))
-        return _chat_response(result)
+        return _final(_chat, self._runner().results([self._chat_prompt(messages)], self._resolve(kwargs))[0])
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Stream a reply: each response holds the message so far and its ``delta``."""
-        events = self.pack.stream(self._chat_prompt(messages), self._config(kwargs))
-        return _chats(events)
+        return _responses(self._runner().events([self._chat_prompt(messages)], self._resolve(kwargs)), _chat)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """:meth:`chat` with the decoding steps in worker threads."""
-        events = self.pack.stream(self._chat_prompt(messages), self._config(kwargs))
-        return _chat_response(await _final(iterate_in_threads(events)))
+        results = await self._runner().aresults([self._chat_prompt(messages)], self._resolve(kwargs))
+        return _final(_chat, results[0])
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` with the decoding steps in worker threads."""
-        events = self.pack.stream(self._chat_prompt(messages), self._config(kwargs))
-
-        async def responses() -> ChatResponseAsyncGen:
-            state = _StreamState()
-            async for event in iterate_in_threads(events):
-                response = state.chat(event)
-                if response is not None:
-                    yield response
-
-        return responses()
+        return _aresponses(self._runner().aevents([self._chat_prompt(messages)], self._resolve(kwargs)), _chat)
 
 
 # ---- translation ------------------------------------------------------------------------------
@@ -293,109 +182,71 @@ def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     >>> to_chat_messages([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")])
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
     """
-    out: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        role = _ROLES.get(message.role)
-        if role is None:
-            raise PromptError(where, str(message.role.value), "system, user or assistant messages (no tool calling)")
-        parts = []
-        for block in message.blocks:
-            if not isinstance(block, TextBlock):
-                kind = getattr(block, "block_type", type(block).__name__)
-                raise PromptError(where, f"<{kind} block>", "text blocks: the pack reads no images, audio or files")
-            parts.append(block.text)
-        text = "".join(parts)
-        if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n\n" + text
-        else:
-            out.append({"role": role, "content": text})
-    if not out:
-        raise PromptError("messages", [], "at least one message")
-    return out
+    return merge_messages(_role_and_text(i, message) for i, message in enumerate(messages))
 
 
-def _info(result: GenerationResult) -> dict[str, Any]:
-    """The ``additional_kwargs`` of a final response."""
-    return {
-        "weights": dict(result.weights),
-        "prompt_perplexity": dict(result.prompt_perplexity),
-        "reference": result.reference,
-        "finish_reason": result.finish_reason,
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-            "total_tokens": result.usage.total_tokens,
-        },
-    }
+def _role_and_text(i: int, message: ChatMessage) -> tuple[str, str]:
+    where = f"messages[{i}]"
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise PromptError(where, str(message.role.value), "system, user or assistant messages (no tool calling)")
+    parts = []
+    for block in message.blocks:
+        if not isinstance(block, TextBlock):
+            kind = getattr(block, "block_type", type(block).__name__)
+            raise PromptError(where, f"<{kind} block>", "text blocks: the pack reads no images, audio or files")
+        parts.append(block.text)
+    return role, "".join(parts)
 
 
-def _chat_response(result: GenerationResult) -> ChatResponse:
-    message = ChatMessage(role=MessageRole.ASSISTANT, content=result.text)
-    return ChatResponse(message=message, additional_kwargs=_info(result), raw=result.to_dict())
+def _completion(text: str, delta: str | None, info: dict[str, Any], raw: dict[str, Any] | None) -> CompletionResponse:
+    return CompletionResponse(text=text, delta=delta, additional_kwargs=info, raw=raw)
+
+
+def _chat(text: str, delta: str | None, info: dict[str, Any], raw: dict[str, Any] | None) -> ChatResponse:
+    message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
+    return ChatResponse(message=message, delta=delta, additional_kwargs=info, raw=raw)
+
+
+Respond = Callable[[str, str | None, dict[str, Any], dict[str, Any] | None], R]
+"""Builds a response from the text so far, the new piece (None: not streaming), the metadata and the raw result."""
+
+
+def _final(respond: Respond[R], result: GenerationResult) -> R:
+    """The response of a finished call: the whole text, the result's metadata and its raw dict."""
+    return respond(result.text, None, result_metadata(result), result.to_dict())
 
 
 class _StreamState:
     """The text so far and the weights of one stream (known before the first piece)."""
 
-    def __init__(self) -> None:
+    def __init__(self, respond: Respond[R]) -> None:
+        self.respond = respond
         self.text = ""
         self.info: dict[str, Any] = {}
 
-    def _advance(self, event: Event) -> tuple[str, dict[str, Any], GenerationResult | None] | None:
+    def __call__(self, event: Event) -> R | None:
         if isinstance(event, WeightsEvent):
-            self.info = {
-                "weights": dict(event.weights),
-                "prompt_perplexity": dict(event.prompt_perplexity),
-                "reference": event.reference,
-            }
-            return None
-        if isinstance(event, TextEvent):
+            self.info = weights_metadata(event)
+        elif isinstance(event, TextEvent):
             self.text += event.text
-            return event.text, dict(self.info), None
-        if isinstance(event, FinishEvent):
-            return "", _info(event.result), event.result
+            return self.respond(self.text, event.text, dict(self.info), None)
+        elif isinstance(event, FinishEvent):
+            return self.respond(self.text, "", result_metadata(event.result), event.result.to_dict())
         return None
 
-    def completion(self, event: Event) -> CompletionResponse | None:
-        step = self._advance(event)
-        if step is None:
-            return None
-        delta, info, result = step
-        raw = result.to_dict() if result is not None else None
-        return CompletionResponse(text=self.text, delta=delta, additional_kwargs=info, raw=raw)
 
-    def chat(self, event: Event) -> ChatResponse | None:
-        step = self._advance(event)
-        if step is None:
-            return None
-        delta, info, result = step
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=self.text)
-        raw = result.to_dict() if result is not None else None
-        return ChatResponse(message=message, delta=delta, additional_kwargs=info, raw=raw)
-
-
-def _completions(events: Iterator[Event]) -> CompletionResponseGen:
-    state = _StreamState()
+def _responses(events: Iterator[Event], respond: Respond[R]) -> Iterator[R]:
+    state = _StreamState(respond)
     for event in events:
-        response = state.completion(event)
+        response = state(event)
         if response is not None:
             yield response
 
 
-def _chats(events: Iterator[Event]) -> ChatResponseGen:
-    state = _StreamState()
-    for event in events:
-        response = state.chat(event)
-        if response is not None:
-            yield response
-
-
-async def _final(events: AsyncIterator[Event]) -> GenerationResult:
-    result = None
+async def _aresponses(events: AsyncIterator[Event], respond: Respond[R]) -> AsyncIterator[R]:
+    state = _StreamState(respond)
     async for event in events:
-        if isinstance(event, FinishEvent):
-            result = event.result
-    if result is None:  # the engine always ends a prompt with a FinishEvent
-        raise RuntimeError("the engine's event stream ended without a result")
-    return result
+        response = state(event)
+        if response is not None:
+            yield response

@@ -1,0 +1,127 @@
+"""The measured numbers of a run: one :class:`TaskResult` per task, gathered in an :class:`EvalReport`.
+
+An :class:`EvalReport` is saved and loaded as JSON, and reports of several runs over the
+same members merge into one; :mod:`packllm_integrations.eval.report` renders them as tables
+and plots.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["TaskResult", "EvalReport"]
+
+
+@dataclass
+class TaskResult:
+    """One task's measured numbers under every method.
+
+    ``scores`` maps each method to the task's metric; ``per_item`` to each item's prediction
+    (multiple choice) or bits per byte (text windows). ``weights`` holds, per pack method,
+    the fusion weights of each item (of its first pair); ``references`` the reference member
+    of each item and ``perplexity`` each member's prompt perplexity per item (from the pack).
+    """
+
+    task: str
+    kind: str
+    metric: str
+    higher_is_better: bool
+    items: int
+    pairs: int
+    scores: dict[str, float]
+    per_item: dict[str, list[Any]] = field(default_factory=dict)
+    weights: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    references: list[str] = field(default_factory=list)
+    perplexity: list[dict[str, float | None]] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+    scored_bytes: int | None = None
+    seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def best(self) -> str:
+        """The method with the best score (ties: the first in column order)."""
+        sign = -1.0 if self.higher_is_better else 1.0
+        return min(self.scores, key=lambda m: sign * self.scores[m])
+
+    def mean_weights(self, method: str) -> dict[str, float]:
+        """Each member's mean weight under ``method`` over the task's items."""
+        rows = self.weights.get(method, [])
+        if not rows:
+            return {}
+        return {name: sum(r[name] for r in rows) / len(rows) for name in rows[0]}
+
+
+@dataclass
+class EvalReport:
+    """The results of one run: members, methods and one :class:`TaskResult` per task."""
+
+    members: list[str]
+    methods: list[dict[str, Any]]
+    tasks: list[TaskResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method_names(self) -> list[str]:
+        return [m["name"] for m in self.methods]
+
+    def task(self, name: str) -> TaskResult:
+        """The result of task ``name``."""
+        for t in self.tasks:
+            if t.task == name:
+                return t
+        raise ConfigError("task", name, f"one of {', '.join(t.task for t in self.tasks)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "members": self.members,
+            "methods": self.methods,
+            "settings": self.settings,
+            "tasks": [asdict(t) for t in self.tasks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
+        return cls(
+            members=list(data["members"]),
+            methods=list(data["methods"]),
+            tasks=[TaskResult(**t) for t in data["tasks"]],
+            settings=dict(data.get("settings", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report as JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalReport:
+        """Read a report written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    @classmethod
+    def merge(cls, reports: Sequence[EvalReport]) -> EvalReport:
+        """One report holding the tasks of several runs over the same members.
+
+        Methods keep the first run's order; a method missing from a run has no score there.
+        """
+        if not reports:
+            raise ConfigError("reports", [], "at least one report")
+        members = reports[0].members
+        methods: list[dict[str, Any]] = []
+        for report in reports:
+            if report.members != members:
+                raise ConfigError("reports", report.members, f"reports over the same members ({', '.join(members)})")
+            methods += [m for m in report.methods if m["name"] not in {x["name"] for x in methods}]
+        tasks = [t for r in reports for t in r.tasks]
+        names = [t.task for t in tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError("reports", names, "reports with distinct task names")
+        return cls(members, methods, tasks, {"merged": [r.settings for r in reports]})

@@ -1,0 +1,52 @@
+"""The host layer: what every host of the engine shares, framework-free.
+
+Adapters (LangChain, LlamaIndex), the command line and the evaluation harness translate
+their host's types with these and the engine's public API, nothing below it:
+
+- the settings table (:data:`SETTINGS`): every generation setting's engine name, type,
+  doc, bounds and per-host names; :func:`pack_model` builds a host's pydantic fields
+  from it;
+- call settings (:func:`resolve_call`), pack loading (:func:`load_engine`), weights
+  strings (:func:`parse_weights`);
+- the runner, sync and async, with timeout and out-of-memory retry (:class:`Runner`,
+  :func:`acollect_results`);
+- results to metadata (:func:`result_metadata`, :func:`weights_metadata`,
+  :func:`usage_dict`) and chat messages to the engine's (:func:`merge_messages`).
+
+This package imports neither LangChain nor LlamaIndex.
+"""
+
+from .fields import PackModel, pack_model
+from .running import Runner, acollect_results
+from .settings import (
+    HOSTS,
+    SETTINGS,
+    Setting,
+    check_settings,
+    engine_settings,
+    host_names,
+    load_engine,
+    parse_weights,
+    resolve_call,
+)
+from .translate import merge_messages, result_metadata, usage_dict, weights_metadata
+
+__all__ = [
+    "HOSTS",
+    "SETTINGS",
+    "PackModel",
+    "Setting",
+    "Runner",
+    "acollect_results",
+    "check_settings",
+    "engine_settings",
+    "host_names",
+    "load_engine",
+    "merge_messages",
+    "pack_model",
+    "parse_weights",
+    "resolve_call",
+    "result_metadata",
+    "usage_dict",
+    "weights_metadata",
+]

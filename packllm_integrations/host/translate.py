@@ -1,0 +1,75 @@
+"""Engine results to host metadata, and host chat messages to the engine's.
+
+Every host reports the same facts under the same keys: the fusion ``weights``, each
+member's ``prompt_perplexity``, the ``reference`` member, and at the end the
+``finish_reason`` and token usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from ..errors import PromptError
+from ..events import GenerationResult, Usage
+
+__all__ = ["merge_messages", "result_metadata", "usage_dict", "weights_metadata"]
+
+
+class _Weighted(Protocol):
+    weights: dict[str, float]
+    prompt_perplexity: dict[str, float | None]
+    reference: str
+
+
+def usage_dict(*usages: Usage) -> dict[str, int]:
+    """Summed token counts under the OpenAI-style keys hosts read.
+
+    >>> usage_dict(Usage(3, 5), Usage(2, 1))
+    {'prompt_tokens': 5, 'completion_tokens': 6, 'total_tokens': 11}
+    """
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def weights_metadata(item: _Weighted) -> dict[str, Any]:
+    """The weights of a prompt (a ``WeightsEvent``, ``GenerationResult`` or ``ScoreResult``): copies.
+
+    >>> from packllm_integrations import WeightsEvent
+    >>> weights_metadata(WeightsEvent(0, {"a": 0.6, "b": 0.4}, {"a": 2.0, "b": 3.1}, "a", 7))
+    {'weights': {'a': 0.6, 'b': 0.4}, 'prompt_perplexity': {'a': 2.0, 'b': 3.1}, 'reference': 'a'}
+    """
+    return {
+        "weights": dict(item.weights),
+        "prompt_perplexity": dict(item.prompt_perplexity),
+        "reference": item.reference,
+    }
+
+
+def result_metadata(result: GenerationResult, *, usage_key: str = "usage") -> dict[str, Any]:
+    """A final result's metadata: finish reason, weights, perplexities, reference, usage.
+
+    LangChain reads the usage under ``token_usage``; LlamaIndex and the CLI under ``usage``.
+    """
+    return {"finish_reason": result.finish_reason, **weights_metadata(result), usage_key: usage_dict(result.usage)}
+
+
+def merge_messages(messages: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """``(role, text)`` pairs as the engine's chat messages, consecutive ones of one role joined.
+
+    The join is a blank line, so that strict chat templates (strictly alternating roles)
+    accept them. No message at all raises :class:`PromptError`.
+
+    >>> merge_messages([("system", "Be brief."), ("user", "Hi"), ("user", "there")])
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi\\n\\nthere'}]
+    """
+    out: list[dict[str, str]] = []
+    for role, text in messages:
+        if out and out[-1]["role"] == role:
+            out[-1]["content"] += "\n\n" + text
+        else:
+            out.append({"role": role, "content": text})
+    if not out:
+        raise PromptError("messages", [], "at least one message")
+    return out
