@@ -20,7 +20,7 @@ from .alignment import VocabMap
 from .backends.base import MemberBackend, Prefill
 from .config import GenerationConfig
 from .fusion import nll_per_token, reference_scores
-from .natural import check_window, common_prefix, natural_states, token_ends
+from .natural import check_window, common_prefix, natural_states, start_ids, token_ends
 from .projection import NaturalStates, Projection
 from .weighting import compute_weights
 
@@ -33,6 +33,8 @@ __all__ = [
     "own_scale_nll",
     "walk_states",
     "prompt_weights",
+    "scored_from",
+    "leading_specials",
 ]
 
 
@@ -78,11 +80,20 @@ def own_scale_nll(scores: Sequence[OwnScore | None], reference: int) -> torch.Te
 
 @dataclass
 class PromptPlan:
-    """How one prompt is read by the pack: its reference member and each member's input ids."""
+    """How one prompt is read by the pack: its reference member and each member's input ids.
+
+    ``inputs[k]``: what member k reads in "mined" alignment: its own leading special ids
+    (its BOS, if its tokenizer adds one) and the reference's text ids translated one-for-one;
+    member k's position ``t + shifts[k]`` stands for the reference's position ``t``.
+    ``first_target``: the first reference position whose token is scored (see
+    :func:`scored_from`).
+    """
 
     reference: int
     ref_ids: list[int]
-    inputs: list[list[int]]  # per member: the reference ids, translated for "mined" alignment
+    inputs: list[list[int]]
+    shifts: list[int]
+    first_target: int
 
 
 @dataclass
@@ -94,6 +105,20 @@ class Planned:
     own_passes: dict[int, Prefill]  # member -> its prefill on own_ids
     own_nll: list[list[OwnScore | None]]  # [prompt][member]
     translated: dict[int, Prefill] = field(default_factory=dict)
+
+    def translated_states(
+        self, members: Sequence[MemberBackend], k: int, b: int, start: int, stop: int
+    ) -> torch.Tensor:
+        """Member k's states at the reference positions ``start`` to ``stop`` of prompt b ("mined").
+
+        A position before the member's first (the reference's BOS, for a member whose
+        tokenizer adds none) gets the member's state after its start of text."""
+        shift = self.plans[b].shifts[k]
+        states = self.translated_pass(members, k).row(b)[max(0, start + shift) : stop + shift]
+        if start + shift < 0:
+            before = start_state(members[k])[None].expand(-(start + shift), -1)
+            states = torch.cat([before.to(states.device, states.dtype), states])
+        return states
 
     def translated_pass(self, members: Sequence[MemberBackend], k: int) -> Prefill:
         """Member k's pass on its "mined" inputs: its own pass when that is the same ids, else run once."""
@@ -132,17 +157,20 @@ def plan_prompts(
     for k, m in enumerate(members):
         for ids in own[k]:
             check_window(m, len(ids))
+    leads = [[leading_specials(m, ids) for ids in own[k]] for k, m in enumerate(members)]
+    all_bos = [all(leads[k][b] > 0 for k in range(len(members))) for b in range(len(texts))]
     passes: dict[int, Prefill] = {}
     own_nll: list[list[OwnScore | None]] = [[None] * len(members) for _ in texts]
     if (reference is None or own_scoring) and len(members) > 1:
         for k, m in enumerate(members):
             passes[k] = done = m.prefill(own[k], rollback)
             for b, ids in enumerate(own[k]):
-                n = scored[k][b]
-                if n > 1:
-                    per_token = nll_per_token(m, done.row(b, n - 1), torch.tensor(ids[1:n]), None, m.vocab_size)
-                    text = m.decode(ids[1:n])
-                    own_nll[b][k] = OwnScore(float(per_token.sum()), n - 1, len(text.encode("utf-8")))
+                n, first = scored[k][b], scored_from(leads[k][b], all_bos[b])
+                if n > first:
+                    states = done.row(b, n - 1)[first - 1 :]
+                    per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
+                    text = m.decode(ids[first:n])
+                    own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")))
     if reference is None and len(members) > 1:
         count = range(len(members))
         refs = [min(count, key=lambda k, b=b: (_mean_or_inf(own_nll[b][k]), k)) for b in range(len(texts))]
@@ -150,14 +178,45 @@ def plan_prompts(
         refs = [reference or 0] * len(texts)
     plans = []
     for b, r in enumerate(refs):
-        ref_ids = own[r][b]
-        inputs = []
+        ref_ids, lead = own[r][b], leads[r][b]
+        inputs, shifts = [], []
         for k, m in enumerate(members):
             vmap = pack.maps(r, k)
-            inputs.append(list(ref_ids) if vmap is None else vmap.input[torch.tensor(ref_ids)].tolist())
+            if vmap is None:
+                inputs.append(list(ref_ids))
+            else:  # the member starts the text as its own tokenizer does, then reads the translation
+                text = vmap.input[torch.tensor(ref_ids[lead:], dtype=torch.long)].tolist()
+                inputs.append(own[k][b][: leads[k][b]] + text)
+            shifts.append(len(inputs[k]) - len(ref_ids))
             check_window(m, len(inputs[k]))
-        plans.append(PromptPlan(reference=r, ref_ids=list(ref_ids), inputs=inputs))
+        first = scored_from(lead, all_bos[b])
+        plans.append(PromptPlan(r, list(ref_ids), inputs, shifts, first))
     return Planned(plans=plans, own_ids=own, own_passes=passes, own_nll=own_nll)
+
+
+def leading_specials(member: MemberBackend, ids: Sequence[int]) -> int:
+    """How many ids the member's tokenizer put in front of the text (its BOS: 0 or 1, mostly)."""
+    return common_prefix(member.encode(""), ids)
+
+
+def scored_from(lead: int, every_member_adds_bos: bool) -> int:
+    """The first position whose token a prompt perplexity scores, given ``lead`` leading
+    special ids: the first text token only when every member has a BOS to predict it from
+    (a member whose tokenizer adds none has nothing before it), else the second.
+
+    So every member is scored on the same span of the text, whichever member's tokenizer
+    is the reference and whether that one adds a BOS; a pack of one tokenizer scores what it
+    always did (everything after the BOS, or after the first token without one).
+
+    >>> scored_from(1, True), scored_from(1, False), scored_from(0, False)
+    (1, 2, 1)
+    """
+    return lead if every_member_adds_bos else lead + 1
+
+
+def start_state(member: MemberBackend) -> torch.Tensor:
+    """The member's state after its start of text alone (its BOS, else its EOS) [S]."""
+    return member.prefill([start_ids(member)]).last[0]
 
 
 def walk_states(pack: Pack, texts: Sequence[Sequence[str]], planned: Planned, k: int, b: int) -> NaturalStates:
@@ -188,20 +247,20 @@ def prompt_weights(
     tokenization (natural alignment) and is scored from there."""
     members = pack.members
     plan = planned.plans[b]
-    r, length = plan.reference, len(plan.ref_ids)
+    r, length, first = plan.reference, len(plan.ref_ids), plan.first_target
     vocab = members[r].vocab_size
-    targets = torch.tensor(plan.ref_ids[1:])
+    targets = torch.tensor(plan.ref_ids[first:], dtype=torch.long)
     walked: dict[int, NaturalStates] = {}
 
     def states(k: int) -> torch.Tensor | NaturalStates:
         if reading[k]:
             if k not in walked:
-                walked[k] = walk_states(pack, texts, planned, k, b)[: length - 1]
+                walked[k] = walk_states(pack, texts, planned, k, b)[first - 1 : length - 1]
             return walked[k]
-        return planned.translated_pass(members, k).row(b, length - 1)
+        return planned.translated_states(members, k, b, first - 1, length - 1)
 
     nll_t = None
-    if length > 1:
+    if length > first:
         nll_t = own_scale_nll(planned.own_nll[b], r) if config.scoring == "own" else None
         if nll_t is None:
             per_member = []
@@ -214,7 +273,9 @@ def prompt_weights(
             nll_t = torch.stack(per_member)
     else:
         warnings.warn(
-            f"prompt {b} has no token to score (one token): using uniform weights", RuntimeWarning, stacklevel=4
+            f"prompt {b} has no token to score (one text token at most): using uniform weights",
+            RuntimeWarning,
+            stacklevel=4,
         )
 
     def all_logits() -> list[torch.Tensor]:

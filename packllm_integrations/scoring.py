@@ -59,23 +59,26 @@ def score_continuations(
         total = len(ids)
         n_ctx = max(1, common_prefix(ids, members[r].encode(contexts[b][r])))
         n_w = total if weights_on == "full" else n_ctx
-        targets = torch.tensor(ids[1:n_w])
-        cont = torch.tensor(ids[n_ctx:])
+        first = plan.first_target
+        lo = min(first, n_ctx) - 1  # the first position whose state is needed
+        targets = torch.tensor(ids[first:n_w], dtype=torch.long)
+        cont = torch.tensor(ids[n_ctx:], dtype=torch.long)
         text, context = texts[b][r], contexts[b][r]
         num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
-        nll_own = own_scale_nll(planned.own_nll[b], r) if own_scoring and n_w > 1 else None
+        nll_own = own_scale_nll(planned.own_nll[b], r) if own_scoring and n_w > first else None
         for alignment in dict.fromkeys(c.alignment for c in configs):
-            states: list[torch.Tensor | NaturalStates] = []  # per member [total, S]
+            states: list[torch.Tensor | NaturalStates] = []  # per member [total - lo, S], from position lo
             for k in range(len(members)):
                 if alignment == "natural" and pack.maps(r, k) is not None:
-                    states.append(walk_states(pack, texts, planned, k, b)[:total])
+                    states.append(walk_states(pack, texts, planned, k, b)[lo:total])
                 else:
-                    states.append(planned.translated_pass(members, k).row(b, total))
+                    states.append(planned.translated_states(members, k, b, lo, total))
+            weighed = slice(first - 1 - lo, n_w - 1 - lo)
             nll_t = None
-            if n_w > 1:
+            if n_w > first:
                 nll_t = torch.stack(
                     [
-                        nll_per_token(m, states[k][: n_w - 1], targets, pack.maps(r, k), vocab).mean()
+                        nll_per_token(m, states[k][weighed], targets, pack.maps(r, k), vocab).mean()
                         for k, m in enumerate(members)
                     ]
                 )
@@ -88,13 +91,13 @@ def score_continuations(
                 weights[c] = compute_weights(
                     cfg,
                     nll,
-                    lambda r=r, vocab=vocab, n_w=n_w, states=states: [
-                        reference_scores(m, states[k][: n_w - 1], pack.maps(r, k), vocab) for k, m in enumerate(members)
+                    lambda r=r, vocab=vocab, weighed=weighed, states=states: [
+                        reference_scores(m, states[k][weighed], pack.maps(r, k), vocab) for k, m in enumerate(members)
                     ],
                     targets,
                     len(members),
                 )
-            token_lp, greedy = _continuation(pack, r, vocab, states, n_ctx, cont, weights)
+            token_lp, greedy = _continuation(pack, r, vocab, states, n_ctx - 1 - lo, cont, weights)
             for c in chosen:
                 out[c].append(
                     ScoreResult(
@@ -116,20 +119,21 @@ def _continuation(
     r: int,
     vocab: int,
     states: Sequence[torch.Tensor | NaturalStates],
-    n_ctx: int,
+    at_first: int,
     cont: torch.Tensor,
     weights: dict[int, torch.Tensor],
 ) -> tuple[dict[int, torch.Tensor], dict[int, bool]]:
     """Log-probabilities [C] of the continuation ``cont`` under each weighting (keyed like
-    ``weights``), and whether it is the greedy choice; positions go in chunks so a long
-    continuation never holds all its logits at once."""
+    ``weights``), and whether it is the greedy choice; ``states[k][at_first]`` predicts the
+    continuation's first token. Positions go in chunks so a long continuation never holds
+    all its logits at once."""
     members = pack.members
     token_lp: dict[int, list[torch.Tensor]] = {c: [] for c in weights}
     greedy = dict.fromkeys(weights, True)
     used = [k for k in range(len(members)) if any(float(w[k]) > 0 for w in weights.values())]
     for start in range(0, cont.numel(), _CHUNK):
         stop = min(start + _CHUNK, cont.numel())
-        at = slice(n_ctx - 1 + start, n_ctx - 1 + stop)
+        at = slice(at_first + start, at_first + stop)
         mapped = {k: reference_scores(members[k], states[k][at], pack.maps(r, k), vocab) for k in used}
         targets = cont[start:stop]
         for c, w in weights.items():

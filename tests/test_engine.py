@@ -70,12 +70,12 @@ def test_same_tokenizer_pair_needs_no_alignment(bl: Member, bl_b: Member) -> Non
     assert result.usage.completion_tokens == 8 and result.finish_reason == "length"
 
 
-def independent_nll(member: Member, ids: list[int]) -> float:
-    """Mean NLL of ids[1:] under a plain forward pass (float64)."""
+def independent_nll(member: Member, ids: list[int], first: int = 1) -> float:
+    """Mean NLL of ids[first:] under a plain forward pass (float64)."""
     with torch.no_grad():
-        logits = member.model(torch.tensor([ids])).logits[0, :-1, : member.vocab_size].double()
+        logits = member.model(torch.tensor([ids])).logits[0, first - 1 : -1, : member.vocab_size].double()
     logp = torch.log_softmax(logits, -1)
-    return float(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean())
+    return float(-logp[torch.arange(len(ids) - first), torch.tensor(ids[first:])].mean())
 
 
 def test_sim_weights_match_formula_same_tokenizer(bl: Member, bl_b: Member) -> None:
@@ -126,19 +126,22 @@ def test_opt_weights_match_greedy_search(bl: Member, bl_b: Member) -> None:
 
 
 def test_cross_tokenizer_weights_use_reference_space(bl: Member, sp: Member) -> None:
-    """The authors' way (mined): the member is scored on the reference's translated tokens."""
+    """The authors' way (mined): the member is scored on the reference's translated tokens.
+
+    bl's tokenizer adds no BOS: it reads the translated text without sp's BOS, and the
+    first text token is context for both (bl has nothing before it)."""
     engine = PackEngine([bl, sp], reference=sp.name, alignment="mined")
     event = engine.weights(PROMPT)
     assert event.reference == sp.name
     ref_ids = sp.encode(PROMPT)
     vmap = engine.vocab_map(1, 0)
-    translated = vmap.input[torch.tensor(ref_ids)]
+    translated = vmap.input[torch.tensor(ref_ids[1:])]  # bl reads the text tokens t1, t2, ...
     with torch.no_grad():
-        own = bl.model(translated[None]).logits[0, :-1]
+        own = bl.model(translated[None]).logits[0, :-1]  # after t1 .. t_{n-1}
     mapped = vmap.member_logits(own).double()
     logp = torch.log_softmax(mapped, -1)
-    nll_bl = float(-logp[torch.arange(len(ref_ids) - 1), torch.tensor(ref_ids[1:])].mean())
-    nll = torch.tensor([nll_bl, independent_nll(sp, ref_ids)], dtype=torch.float64)
+    nll_bl = float(-logp[torch.arange(len(ref_ids) - 2), torch.tensor(ref_ids[2:])].mean())
+    nll = torch.tensor([nll_bl, independent_nll(sp, ref_ids, first=2)], dtype=torch.float64)
     expected = torch.softmax(-nll, 0)
     assert [event.weights[bl.name], event.weights[sp.name]] == pytest.approx(expected.tolist(), abs=1e-5)
 
@@ -365,19 +368,22 @@ def test_session_state_is_per_request(bl: Member, sp: Member) -> None:
         assert a.readers[k] is None or a.readers[k] is not b.readers[k]
 
 
-def own_total(member: Member, text: str) -> tuple[float, int, int]:
+def own_total(member: Member, text: str, first: int = 1) -> tuple[float, int, int]:
+    """Summed NLL, count and UTF-8 bytes of the member's own tokens ids[first:]."""
     ids = member.encode(text)
     with torch.no_grad():
-        logp = torch.log_softmax(member.model(torch.tensor([ids])).logits[0, :-1, : member.vocab_size].double(), -1)
-    total = float(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
-    scored = member.tokenizer.decode(ids[1:], skip_special_tokens=True)
-    return total, len(ids) - 1, len(scored.encode())
+        logits = member.model(torch.tensor([ids])).logits[0, first - 1 : -1, : member.vocab_size].double()
+    logp = torch.log_softmax(logits, -1)
+    total = float(-logp[torch.arange(len(ids) - first), torch.tensor(ids[first:])].sum())
+    scored = member.tokenizer.decode(ids[first:], skip_special_tokens=True)
+    return total, len(ids) - first, len(scored.encode())
 
 
 def test_own_scoring_weights_are_per_byte_on_the_reference_scale(bl: Member, sp: Member) -> None:
     engine = PackEngine([bl, sp], reference=sp.name, scoring="own")
     event = engine.weights(PROMPT)
-    (t_bl, _, b_bl), (t_sp, n_sp, b_sp) = own_total(bl, PROMPT), own_total(sp, PROMPT)
+    # bl adds no BOS, so each member's first text token is context: sp from its token 2 on
+    (t_bl, _, b_bl), (t_sp, n_sp, b_sp) = own_total(bl, PROMPT), own_total(sp, PROMPT, first=2)
     scale = b_sp / n_sp
     nll = torch.tensor([t_bl / b_bl * scale, t_sp / b_sp * scale], dtype=torch.float64)
     expected = torch.softmax(-nll, 0).tolist()

@@ -10,6 +10,7 @@ but not all tokens: alignment is exercised for real.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import pydoc_data.topics
@@ -80,6 +81,14 @@ def sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+@functools.cache
+def sentencepiece_tokenizer_without_bos() -> PreTrainedTokenizerFast:
+    """The SentencePiece-style tokenizer, with the same vocabulary, adding no BOS."""
+    tok = copy.deepcopy(sentencepiece_tokenizer())
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    return tok
+
+
 def _llama(vocab: int, seed: int, eos: int, bos: int | None) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -134,4 +143,10 @@ def bytelevel_member_b(name: str = "tiny-bytelevel-b", seed: int = 1) -> Member:
 
 def sentencepiece_member(name: str = "tiny-sentencepiece", seed: int = 2) -> Member:
     tok = sentencepiece_tokenizer()
+    return Member(name, _llama(len(tok), seed, tok.eos_token_id, tok.bos_token_id), tok)
+
+
+def sentencepiece_member_without_bos(name: str = "tiny-sentencepiece-nobos", seed: int = 2) -> Member:
+    """The SentencePiece-style member (same weights as :func:`sentencepiece_member`) whose tokenizer adds no BOS."""
+    tok = sentencepiece_tokenizer_without_bos()
     return Member(name, _llama(len(tok), seed, tok.eos_token_id, tok.bos_token_id), tok)
