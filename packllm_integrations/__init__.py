@@ -13,7 +13,16 @@ from .backends import Member, MemberBackend, SparseScores
 from .catalog import CATALOG, DEFAULT_PACK
 from .config import GenerationConfig
 from .engine import PackEngine, Prompt
-from .errors import ConfigError, ModelLoadError, ModelNotFoundError, PackLLMError, PromptError, PromptTooLongError
+from .errors import (
+    ConfigError,
+    GenerationTimeoutError,
+    MemberError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PackLLMError,
+    PromptError,
+    PromptTooLongError,
+)
 from .events import FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
 from .loading import MemberSpec, load_member, load_pack
 
@@ -26,8 +35,10 @@ __all__ = [
     "FinishEvent",
     "GenerationConfig",
     "GenerationResult",
+    "GenerationTimeoutError",
     "Member",
     "MemberBackend",
+    "MemberError",
     "MemberSpec",
     "ModelLoadError",
     "ModelNotFoundError",

@@ -53,6 +53,12 @@ def _pack_options(parser: argparse.ArgumentParser) -> None:
         "vocabulary map (mined) or their own tokenization (natural)",
     )
     parser.add_argument(
+        "--on-member-error",
+        choices=("raise", "drop"),
+        help="a member that fails (NaN or infinite scores, an error) stops the request (raise, the default) "
+        "or leaves it (drop: the others' weights are renormalised)",
+    )
+    parser.add_argument(
         "--chat", action="store_true", help="render PROMPT as one user message with each member's template"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")

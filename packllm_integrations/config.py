@@ -81,6 +81,13 @@ class GenerationConfig:
         "tokenization of the same text, re-tokenized as text is generated). Either way its next-token "
         "distribution is mapped into the reference vocabulary.",
     )
+    on_member_error: str = _setting(
+        "raise",
+        "What a member's failure does to a request (its backend raises, or it gives NaN or infinite scores): "
+        "'raise' (a MemberError naming the member and the step, carrying the text so far) or 'drop' (the member "
+        "leaves the request, the others' weights are renormalised, and the result's 'dropped' says so; the "
+        "reference member of a prompt cannot be dropped).",
+    )
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -119,6 +126,8 @@ class GenerationConfig:
             raise ConfigError("scoring", self.scoring, "'reference' or 'own'")
         if self.alignment not in ("mined", "natural"):
             raise ConfigError("alignment", self.alignment, "'mined' or 'natural'")
+        if self.on_member_error not in ("raise", "drop"):
+            raise ConfigError("on_member_error", self.on_member_error, "'raise' or 'drop'")
         if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
             raise ConfigError("reference", self.reference, "a member name or None")
 

@@ -17,67 +17,62 @@ Shapes: B prompts, K members, W_k member k's logits width, V a prompt's referenc
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .backends.base import Scores
 from .config import GenerationConfig
-from .events import Event, FinishEvent, GenerationResult, TextEvent, Usage, WeightsEvent
+from .errors import GenerationTimeoutError, MemberError, PackLLMError
+from .events import Event, FinishEvent, TextEvent, WeightsEvent
+from .faults import bad_rows, without_member
 from .fusion import fuse, in_reference
 from .natural import BatchReader
-from .planning import Pack, Planned, PromptPlan, plan_prompts, prompt_weights
+from .planning import Pack, Planned, plan_prompts, prompt_weights
+from .rows import Row
 from .sampling import sample
 from .stopping import Detokenizer, StopMatcher
 
 __all__ = ["Session"]
 
 
-@dataclass
-class _Row:
-    """One prompt's state in a session."""
-
-    index: int
-    plan: PromptPlan
-    weights: torch.Tensor  # [K] float64
-    nll: list[float | None]
-    detok: Detokenizer
-    stops: StopMatcher
-    max_tokens: int
-    texts: Sequence[str] = ()  # the prompt as each member reads it
-    pieces: list[str] = field(default_factory=list)
-    generated: int = 0
-    finish: str | None = None
-    read: Detokenizer | None = None  # decodes the fed tokens for members reading their own tokenization
-    read_text: str = ""
-    fed_ids: list[int] = field(default_factory=list)
-
-
 class Session:
     """One request: a batch of prompts decoded together, each with its own weights.
 
     ``texts[b][k]`` is prompt b as member k reads it; ``fixed_reference`` the index of a
-    configured reference member (None: chosen per prompt).
+    configured reference member (None: chosen per prompt). With ``timeout`` (seconds from
+    now), every forward pass first checks the deadline and raises
+    :class:`~.errors.GenerationTimeoutError` past it.
     """
 
     def __init__(
-        self, pack: Pack, texts: Sequence[Sequence[str]], config: GenerationConfig, fixed_reference: int | None
+        self,
+        pack: Pack,
+        texts: Sequence[Sequence[str]],
+        config: GenerationConfig,
+        fixed_reference: int | None,
+        timeout: float | None = None,
     ) -> None:
-        self.pack = pack
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.pack = pack if timeout is None else replace(pack, checkpoint=self._checkpoint)
         self.members = list(pack.members)
+        self.names = [m.name for m in self.members]
         self.texts = texts
         self.config = config
         self.fixed_reference = fixed_reference
         self.generator: torch.Generator | None = None
         if config.temperature > 0 and config.seed is not None:
             self.generator = torch.Generator().manual_seed(config.seed)
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         self.caches: list[Any] = []  # per member in lockstep: its cache (None: reader, or done)
         self.next: list[Scores | torch.Tensor | None] = []  # per member: next-token scores [B, W_k]
         self.readers: list[BatchReader | None] = []  # per member reading its own tokenization
         self._width = 0  # the widest reference vocabulary of the batch (readers' scores)
+        self.steps = 0  # tokens chosen so far (per row)
 
     def events(self) -> Iterator[Event]:
         """The whole request as events: weights per prompt, text pieces, then results."""
@@ -85,18 +80,19 @@ class Session:
         for row in self.rows:
             if row.max_tokens < 1:
                 row.finish = "length"
-                yield FinishEvent(row.index, self._result(row))
+                yield FinishEvent(row.index, row.result(self.names))
         while any(row.finish is None for row in self.rows):
             tokens = self.choose()
+            self.steps += 1
             for row, token in zip(self.rows, tokens, strict=True):
                 if row.finish is not None:
                     continue
-                text = self._accept(row, token)
+                text = row.accept(token, self.members[row.plan.reference].eos_token_ids)
                 if text:
                     row.pieces.append(text)
                     yield TextEvent(row.index, text)
                 if row.finish is not None:
-                    yield FinishEvent(row.index, self._result(row))
+                    yield FinishEvent(row.index, row.result(self.names))
             if any(row.finish is None for row in self.rows):
                 self.feed(tokens)
 
@@ -116,11 +112,12 @@ class Session:
         reading = [natural and any(pack.maps(p.reference, k) is not None for p in plans) for k in range(len(members))]
         self.readers = [self._reader(k, planned) if reading[k] else None for k in range(len(members))]
         limit = min(m.context_window for m in members)
-        events = []
         for b, plan in enumerate(plans):
-            weights, nll = prompt_weights(pack, self.texts, planned, b, cfg, reading)
+            weights, nll = prompt_weights(
+                pack, self.texts, planned, b, cfg, reading, lambda bad, b=b: self._prefill_fault(bad, b, planned)
+            )
             ref = members[plan.reference]
-            row = _Row(
+            row = Row(
                 index=b,
                 plan=plan,
                 weights=weights,
@@ -131,18 +128,64 @@ class Session:
                 texts=self.texts[b],
                 read=Detokenizer(ref.tokenizer, plan.ref_ids) if any(reading) else None,
             )
+            for k in range(len(members)):
+                if nll[k] is not None and not math.isfinite(nll[k]):
+                    row.dropped[members[k].name] = "its prompt perplexity is not a finite number"
             self.rows.append(row)
-            events.append(self._weights_event(row))
         self._width = max(members[p.reference].vocab_size for p in plans)
         for k, m in enumerate(members):
             if self.readers[k] is None:
-                done = planned.translated_pass(members, k)
+                done = planned.translated_pass(pack, k)
                 self.caches.append(done.cache)
                 self.next.append(m.scores(done.last))
             else:
                 self.caches.append(None)
                 self.next.append(torch.cat([self._reader_scores(k, b) for b in range(len(plans))]).to(m.device))
-        return events
+            self._check(k)
+        return [row.weights_event(self.names) for row in self.rows]
+
+    # ---- failures -----------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        """Raise :class:`GenerationTimeoutError` once the request's deadline has passed."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise GenerationTimeoutError(self.timeout or 0.0, self._partial())
+
+    def _partial(self) -> dict[int, str]:
+        return {row.index: "".join(row.pieces) for row in self.rows}
+
+    def _prefill_fault(self, bad: list[int], b: int, planned: Planned) -> None:
+        """Members whose prompt NLL is not finite on prompt b: raise, or let them be dropped."""
+        reference = planned.plans[b].reference
+        for k in bad:
+            reason = "its prompt perplexity is not a finite number (NaN or infinite scores)"
+            if self.config.on_member_error != "drop" or k == reference or len(bad) == len(self.members):
+                raise MemberError(self.members[k].name, None, reason, (b,))
+
+    def _fail(self, k: int, rows: list[int], reason: str, cause: BaseException | None = None) -> None:
+        """Member k failed on ``rows`` at this step: raise, or drop it from those rows."""
+        name, step = self.members[k].name, self.steps
+        rows = [b for b in rows if self.rows[b].finish is None and float(self.rows[b].weights[k]) > 0]
+        if not rows:
+            return
+        droppable = self.config.on_member_error == "drop" and all(self.rows[b].plan.reference != k for b in rows)
+        if not droppable:
+            raise MemberError(name, step, reason, tuple(rows), self._partial()) from cause
+        for b in rows:
+            row = self.rows[b]
+            weights = without_member(row.weights, k)
+            if weights is None:
+                raise MemberError(name, step, f"{reason}; no other member is left", (b,), self._partial()) from cause
+            row.weights = weights
+            row.dropped[name] = f"{reason} (step {step})"
+
+    def _check(self, k: int) -> None:
+        """Drop or raise for the rows where member k's next-token scores are not usable."""
+        scores = self.next[k]
+        if scores is not None:
+            bad = bad_rows(scores)
+            if bad:
+                self._fail(k, bad, "its scores are not finite numbers (NaN or +inf)")
 
     def _reader(self, k: int, planned: Planned) -> BatchReader:
         """Member k's :class:`BatchReader` over the prompts, started from its own pass when it has one."""
@@ -170,18 +213,6 @@ class Session:
         if scores.shape[-1] < self._width:
             scores = torch.cat([scores, scores.new_full((1, self._width - scores.shape[-1]), -math.inf)], dim=-1)
         return scores
-
-    def _weights_event(self, row: _Row) -> WeightsEvent:
-        names = [m.name for m in self.members]
-        return WeightsEvent(
-            index=row.index,
-            weights={n: float(w) for n, w in zip(names, row.weights, strict=True)},
-            prompt_perplexity={
-                n: (math.exp(v) if v is not None else None) for n, v in zip(names, row.nll, strict=True)
-            },
-            reference=names[row.plan.reference],
-            prompt_tokens=len(row.plan.ref_ids),
-        )
 
     # ---- decode -------------------------------------------------------------------------
 
@@ -223,60 +254,44 @@ class Session:
             if row.read is not None and row.finish is None:
                 row.fed_ids.append(t)
                 row.read_text += row.read.add(t)
-        for k, m in enumerate(self.members):
-            next_scores, reader = self.next[k], self.readers[k]
-            if next_scores is None:
+        for k in range(len(self.members)):
+            if self.next[k] is None:
                 continue
-            if reader is not None:
-                active = [b for b, row in enumerate(self.rows) if row.finish is None and float(row.weights[k]) > 0]
-                reader.advance({b: self._reading(k, self.rows[b]) for b in active})
-                for b in active:
-                    next_scores[b] = self._reader_scores(k, b)[0]  # type: ignore[index]
-                continue
-            if not any(float(row.weights[k]) > 0 for row in self.rows):
+            if not any(row.finish is None and float(row.weights[k]) > 0 for row in self.rows):
                 self.next[k] = self.caches[k] = None  # a member no prompt listens to stops here
                 continue
-            ids = []
-            for row, t in zip(self.rows, tokens, strict=True):
-                vmap = self.pack.maps(row.plan.reference, k)
-                ids.append(t if vmap is None else int(vmap.input[t]))
-            self.next[k] = m.step(self.caches[k], ids)
+            self.pack.checkpoint()
+            try:
+                self._step(k, tokens)
+            except (torch.OutOfMemoryError, PackLLMError):
+                raise  # retried by the host / already says what failed
+            except Exception as exc:  # the member's backend failed
+                self._fail(k, list(range(len(self.rows))), f"{type(exc).__name__}: {exc}", exc)
+                if not any(float(row.weights[k]) > 0 for row in self.rows if row.finish is None):
+                    self.next[k] = self.caches[k] = None
+                continue
+            self._check(k)
 
-    def _reading(self, k: int, row: _Row) -> list[int]:
+    def _step(self, k: int, tokens: list[int]) -> None:
+        """Member k reads the chosen tokens: one step in lockstep, or its reader's re-tokenized text."""
+        next_scores, reader = self.next[k], self.readers[k]
+        if reader is not None:
+            active = [b for b, row in enumerate(self.rows) if row.finish is None and float(row.weights[k]) > 0]
+            reader.advance({b: self._reading(k, self.rows[b]) for b in active})
+            for b in active:
+                next_scores[b] = self._reader_scores(k, b)[0]  # type: ignore[index]
+            return
+        ids = []
+        for row, t in zip(self.rows, tokens, strict=True):
+            vmap = self.pack.maps(row.plan.reference, k)
+            ids.append(t if vmap is None else int(vmap.input[t]))
+        self.next[k] = self.members[k].step(self.caches[k], ids)
+
+    def _reading(self, k: int, row: Row) -> list[int]:
         """What member k reads for ``row`` now (natural alignment)."""
         if self.pack.maps(row.plan.reference, k) is None:
             return row.plan.inputs[k] + row.fed_ids
         return self.members[k].encode(row.texts[k] + row.read_text)
-
-    def _accept(self, row: _Row, token: int) -> str:
-        """Record ``token`` for ``row``; return the text that may be emitted now."""
-        row.generated += 1
-        ref = self.members[row.plan.reference]
-        if token in ref.eos_token_ids:
-            row.finish = "eos"
-            return row.stops.push(row.detok.flush()) + row.stops.flush()
-        text = row.stops.push(row.detok.add(token))
-        if row.stops.stopped:
-            row.finish = "stop"
-        elif row.generated >= row.max_tokens:
-            row.finish = "length"
-            text += row.stops.push(row.detok.flush())
-            if row.stops.stopped:
-                row.finish = "stop"
-            text += row.stops.flush()
-        return text
-
-    def _result(self, row: _Row) -> GenerationResult:
-        event = self._weights_event(row)
-        return GenerationResult(
-            text="".join(row.pieces),
-            finish_reason=row.finish or "length",
-            weights=event.weights,
-            prompt_perplexity=event.prompt_perplexity,
-            reference=event.reference,
-            usage=Usage(prompt_tokens=event.prompt_tokens, completion_tokens=row.generated),
-            index=row.index,
-        )
 
 
 def _device(scores: Any) -> torch.device:

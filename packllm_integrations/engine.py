@@ -177,14 +177,29 @@ class PackEngine:
             raise PromptError("prompts", prompts, "a non-empty list of prompts")
         return [self._texts(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
 
-    def session(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any) -> Session:
-        """A new decoding session for a batch of prompts (most callers use the methods below)."""
+    def session(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | None = None,
+        *,
+        timeout: float | None = None,
+        **overrides: Any,
+    ) -> Session:
+        """A new decoding session for a batch of prompts (most callers use the methods below).
+
+        ``timeout``: seconds the request may take from now; checked before every forward
+        pass (a long prompt is read in chunks), then :class:`GenerationTimeoutError`.
+        """
         cfg = self.resolve(config, **overrides)
-        return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg))
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ConfigError("timeout", timeout, "a number of seconds > 0, or None")
+        return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg), timeout)
 
     # ---- generation -----------------------------------------------------------------------------
 
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> Iterator[Event]:
+    def stream(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, timeout: float | None = None, **overrides: Any
+    ) -> Iterator[Event]:
         """Generate for one prompt as events: a :class:`WeightsEvent`, :class:`TextEvent` pieces,
         then a :class:`FinishEvent` holding the :class:`GenerationResult`.
 
@@ -192,24 +207,39 @@ class PackEngine:
         ...     if isinstance(event, TextEvent):
         ...         print(event.text, end="")
         """
-        return self.stream_batch([prompt], config, **overrides)
+        return self.stream_batch([prompt], config, timeout=timeout, **overrides)
 
     def stream_batch(
-        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | None = None,
+        *,
+        timeout: float | None = None,
+        **overrides: Any,
     ) -> Iterator[Event]:
         """Like :meth:`stream` for a batch decoded together; events carry the prompt's ``index``."""
-        session = self.session(prompts, config, **overrides)
+        session = self.session(prompts, config, timeout=timeout, **overrides)
         return session.events()
 
-    def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
-        """Generate for one prompt; returns text, finish reason, weights, perplexities and usage."""
-        return self.generate_batch([prompt], config, **overrides)[0]
+    def generate(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, timeout: float | None = None, **overrides: Any
+    ) -> GenerationResult:
+        """Generate for one prompt; returns text, finish reason, weights, perplexities and usage.
+
+        ``timeout`` (seconds) holds within about one forward pass, the prompt's included.
+        """
+        return self.generate_batch([prompt], config, timeout=timeout, **overrides)[0]
 
     def generate_batch(
-        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | None = None,
+        *,
+        timeout: float | None = None,
+        **overrides: Any,
     ) -> list[GenerationResult]:
         """Generate for several prompts decoded together (each with its own weights)."""
-        return collect_results(self.stream_batch(prompts, config, **overrides), len(prompts))
+        return collect_results(self.stream_batch(prompts, config, timeout=timeout, **overrides), len(prompts))
 
     def weights(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> WeightsEvent:
         """The fusion weights and prompt perplexities of one prompt, without generating."""

@@ -11,6 +11,8 @@ __all__ = [
     "PromptTooLongError",
     "ModelNotFoundError",
     "ModelLoadError",
+    "MemberError",
+    "GenerationTimeoutError",
 ]
 
 
@@ -53,3 +55,38 @@ class ModelNotFoundError(PackLLMError, FileNotFoundError):
 
 class ModelLoadError(PackLLMError, RuntimeError):
     """A member's files exist but could not be turned into a model."""
+
+
+class MemberError(PackLLMError, RuntimeError):
+    """A member failed during a request: its backend raised, or it gave non-finite scores.
+
+    Attributes:
+        member: the member's name.
+        step: the decoding step (0 for the first generated token) or None for the prefill.
+        prompts: the indices of the prompts it failed on.
+        partial: each prompt's text generated before the failure (index -> text).
+    """
+
+    def __init__(
+        self,
+        member: str,
+        step: int | None,
+        reason: str,
+        prompts: tuple[int, ...] = (),
+        partial: dict[int, str] | None = None,
+    ) -> None:
+        self.member, self.step, self.reason = member, step, reason
+        self.prompts = prompts
+        self.partial = dict(partial or {})
+        where = "at the prefill" if step is None else f"at step {step}"
+        which = f" (prompts {list(prompts)})" if prompts else ""
+        super().__init__(f"member {member!r} failed {where}{which}: {reason}")
+
+
+class GenerationTimeoutError(PackLLMError, TimeoutError):
+    """A request took longer than its ``timeout``; ``partial`` holds each prompt's text so far."""
+
+    def __init__(self, timeout: float, partial: dict[int, str] | None = None) -> None:
+        self.timeout = timeout
+        self.partial = dict(partial or {})
+        super().__init__(f"generation took longer than timeout={timeout} s")

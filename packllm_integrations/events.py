@@ -42,6 +42,8 @@ class WeightsEvent:
     prompt_perplexity: dict[str, float | None]
     reference: str
     prompt_tokens: int
+    dropped: dict[str, str] = field(default_factory=dict)
+    """Members dropped so far (``on_member_error="drop"``): name -> why."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,13 @@ class GenerationResult:
     reference: str
     usage: Usage
     index: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)
+    """Members dropped during the request (``on_member_error="drop"``): name -> why; their
+    weight is 0 from then on."""
 
     def to_dict(self) -> dict[str, object]:
-        """The CLI's JSON object."""
-        return {
+        """The CLI's JSON object (``dropped`` only when a member was dropped)."""
+        out: dict[str, object] = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "weights": self.weights,
@@ -79,6 +84,9 @@ class GenerationResult:
                 "total_tokens": self.usage.total_tokens,
             },
         }
+        if self.dropped:
+            out["dropped"] = dict(self.dropped)
+        return out
 
 
 @dataclass(frozen=True)

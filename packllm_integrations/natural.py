@@ -21,7 +21,7 @@ The member's next-token distribution is then mapped into the reference vocabular
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -193,18 +193,20 @@ def natural_states(
     ends: Sequence[int],
     prefilled: tuple[torch.Tensor, Any] | None = None,
     projection: Projection | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> NaturalStates:
     """The member's states after reading its own tokenization of ``text[:e]``, for each ``e``
     in ``ends`` (and before its last token of it, for :class:`Projection`).
 
     ``prefilled``: the member's states [T, S] and a one-row cache over ``member.encode(text)``
     (made with ``rollback=True`` or :meth:`~.backends.base.MemberBackend.fork`), if already
-    computed (the cache is cropped here: pass one nobody else uses).
+    computed (the cache is cropped here: pass one nobody else uses). ``checkpoint`` is
+    called before each forward pass (it raises to stop the request).
     """
     full = member.encode(text)
     if prefilled is None:
         check_window(member, len(full))
-        prefill = member.prefill([full], rollback=True)
+        prefill = member.prefill([full], rollback=True, checkpoint=checkpoint)
         states, cache = prefill.row(0), prefill.cache
     else:
         states, cache = prefilled
@@ -232,6 +234,8 @@ def natural_states(
     # Deepest prefix first: each fix-up only crops what the previous one fed.
     for (p, tail), slots in sorted(fixups.items(), key=lambda item: -item[0][0]):
         check_window(member, p + len(tail))
+        if checkpoint is not None:
+            checkpoint()
         member.crop(cache, 0, p)
         out = member.extend(cache, {0: list(tail)})[0]
         for slot in slots:

@@ -19,10 +19,11 @@ import torch
 from .alignment import VocabMap
 from .backends.base import MemberBackend, Prefill
 from .config import GenerationConfig
+from .faults import non_finite_members
 from .fusion import nll_per_token, reference_scores
 from .natural import check_window, common_prefix, natural_states, start_ids, token_ends
 from .projection import NaturalStates, Projection
-from .weighting import compute_weights
+from .weighting import compute_weights, fixed_weights
 
 __all__ = [
     "Pack",
@@ -38,17 +39,24 @@ __all__ = [
 ]
 
 
+def _no_deadline() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Pack:
     """A request's members and the engine's look-ups between their vocabularies.
 
     ``maps(r, k)`` is the vocabulary map from member r's vocabulary to member k's (None: the
-    same vocabulary); ``projections(r, k)`` natural alignment's projection (None likewise).
+    same vocabulary); ``projections(r, k)`` natural alignment's projection (None likewise);
+    ``checkpoint()`` is called before every forward pass of the request and raises once its
+    deadline has passed.
     """
 
     members: Sequence[MemberBackend]
     maps: Callable[[int, int], VocabMap | None]
     projections: Callable[[int, int], Projection | None]
+    checkpoint: Callable[[], None] = _no_deadline
 
 
 @dataclass(frozen=True)
@@ -106,26 +114,25 @@ class Planned:
     own_nll: list[list[OwnScore | None]]  # [prompt][member]
     translated: dict[int, Prefill] = field(default_factory=dict)
 
-    def translated_states(
-        self, members: Sequence[MemberBackend], k: int, b: int, start: int, stop: int
-    ) -> torch.Tensor:
+    def translated_states(self, pack: Pack, k: int, b: int, start: int, stop: int) -> torch.Tensor:
         """Member k's states at the reference positions ``start`` to ``stop`` of prompt b ("mined").
 
         A position before the member's first (the reference's BOS, for a member whose
         tokenizer adds none) gets the member's state after its start of text."""
         shift = self.plans[b].shifts[k]
-        states = self.translated_pass(members, k).row(b)[max(0, start + shift) : stop + shift]
+        states = self.translated_pass(pack, k).row(b)[max(0, start + shift) : stop + shift]
         if start + shift < 0:
-            before = start_state(members[k])[None].expand(-(start + shift), -1)
+            before = start_state(pack.members[k])[None].expand(-(start + shift), -1)
             states = torch.cat([before.to(states.device, states.dtype), states])
         return states
 
-    def translated_pass(self, members: Sequence[MemberBackend], k: int) -> Prefill:
+    def translated_pass(self, pack: Pack, k: int) -> Prefill:
         """Member k's pass on its "mined" inputs: its own pass when that is the same ids, else run once."""
         if k not in self.translated:
             done = self.own_passes.get(k)
             if done is None or any(p.inputs[k] != self.own_ids[k][b] for b, p in enumerate(self.plans)):
-                done = members[k].prefill([p.inputs[k] for p in self.plans])
+                pack.checkpoint()
+                done = pack.members[k].prefill([p.inputs[k] for p in self.plans], checkpoint=pack.checkpoint)
             self.translated[k] = done
         return self.translated[k]
 
@@ -163,7 +170,8 @@ def plan_prompts(
     own_nll: list[list[OwnScore | None]] = [[None] * len(members) for _ in texts]
     if (reference is None or own_scoring) and len(members) > 1:
         for k, m in enumerate(members):
-            passes[k] = done = m.prefill(own[k], rollback)
+            pack.checkpoint()
+            passes[k] = done = m.prefill(own[k], rollback, pack.checkpoint)
             for b, ids in enumerate(own[k]):
                 n, first = scored[k][b], scored_from(leads[k][b], all_bos[b])
                 if n > first:
@@ -231,7 +239,7 @@ def walk_states(pack: Pack, texts: Sequence[Sequence[str]], planned: Planned, k:
     done = planned.own_passes.get(k)
     if done is not None and texts[b][k] == text:
         prefilled = (done.row(b, len(planned.own_ids[k][b])), member.fork(done.cache, b))
-    return natural_states(member, text, ends, prefilled, pack.projections(r, k))
+    return natural_states(member, text, ends, prefilled, pack.projections(r, k), pack.checkpoint)
 
 
 def prompt_weights(
@@ -241,10 +249,15 @@ def prompt_weights(
     b: int,
     config: GenerationConfig,
     reading: Sequence[bool],
+    on_fault: Callable[[list[int]], None] | None = None,
 ) -> tuple[torch.Tensor, list[float | None]]:
     """Prompt b's weights [K] and the members' prompt NLLs (log prompt perplexities; None
     each when the prompt has no token to score). ``reading[k]``: member k reads its own
-    tokenization (natural alignment) and is scored from there."""
+    tokenization (natural alignment) and is scored from there.
+
+    Members whose NLL is not a finite number are passed to ``on_fault``, which raises to
+    stop the request or returns to drop them: the weights are then computed among the
+    others, and theirs are 0."""
     members = pack.members
     plan = planned.plans[b]
     r, length, first = plan.reference, len(plan.ref_ids), plan.first_target
@@ -257,7 +270,7 @@ def prompt_weights(
             if k not in walked:
                 walked[k] = walk_states(pack, texts, planned, k, b)[first - 1 : length - 1]
             return walked[k]
-        return planned.translated_states(members, k, b, first - 1, length - 1)
+        return planned.translated_states(pack, k, b, first - 1, length - 1)
 
     nll_t = None
     if length > first:
@@ -278,12 +291,24 @@ def prompt_weights(
             stacklevel=4,
         )
 
-    def all_logits() -> list[torch.Tensor]:
-        return [reference_scores(m, states(k), pack.maps(r, k), vocab) for k, m in enumerate(members)]
+    bad = non_finite_members(nll_t)
+    if bad and on_fault is not None:
+        on_fault(bad)
+    keep = [k for k in range(len(members)) if k not in bad]
 
-    weights = compute_weights(config, nll_t, all_logits, targets, len(members))
+    def all_logits() -> list[torch.Tensor]:
+        return [reference_scores(members[k], states(k), pack.maps(r, k), vocab) for k in keep]
+
+    weights = torch.zeros(len(members), dtype=torch.float64)
+    if bad and config.weighting == "fixed":
+        weights[keep] = fixed_weights(config.weights or (), len(members))[keep]
+        weights /= weights.sum()
+    else:
+        kept_nll = None if nll_t is None else nll_t[keep]
+        weights[keep] = compute_weights(config, kept_nll, all_logits, targets, len(keep))
     return weights, [float(v) for v in nll_t] if nll_t is not None else [None] * len(members)
 
 
 def _mean_or_inf(score: OwnScore | None) -> float:
-    return math.inf if score is None else score.mean
+    """A member's own mean NLL for choosing the reference (never one that is not finite)."""
+    return score.mean if score is not None and math.isfinite(score.mean) else math.inf

@@ -72,7 +72,7 @@ def score_continuations(
                 if alignment == "natural" and pack.maps(r, k) is not None:
                     states.append(walk_states(pack, texts, planned, k, b)[lo:total])
                 else:
-                    states.append(planned.translated_states(members, k, b, lo, total))
+                    states.append(planned.translated_states(pack, k, b, lo, total))
             weighed = slice(first - 1 - lo, n_w - 1 - lo)
             nll_t = None
             if n_w > first:

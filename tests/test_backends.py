@@ -10,7 +10,7 @@ forward pass) and it returns only sparse top-k log-probabilities, as a server wo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -52,11 +52,15 @@ class TopKBackend(MemberBackend):
         with torch.no_grad():
             return self.model(torch.tensor([list(ids)])).logits[0].float()  # [n, W]: the states are logits
 
-    def prefill(self, rows: Sequence[Sequence[int]], rollback: bool = False) -> Prefill:
+    def prefill(
+        self, rows: Sequence[Sequence[int]], rollback: bool = False, checkpoint: Callable[[], None] | None = None
+    ) -> Prefill:
         width = max(len(r) for r in rows)
         states = torch.zeros(len(rows), width, self.logits_width)
         pads = [width - len(r) for r in rows]
         for b, row in enumerate(rows):
+            if b and checkpoint is not None:
+                checkpoint()
             states[b, pads[b] :] = self._read(row)
         return Prefill(states=states, pads=pads, cache=[list(r) for r in rows])
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -211,11 +211,16 @@ class MemberBackend(ABC):
     # ---- operations ----------------------------------------------------------------------
 
     @abstractmethod
-    def prefill(self, rows: Sequence[Sequence[int]], rollback: bool = False) -> Prefill:
+    def prefill(
+        self, rows: Sequence[Sequence[int]], rollback: bool = False, checkpoint: Callable[[], None] | None = None
+    ) -> Prefill:
         """Read ``rows`` (lists of ids) in one batch; their states and a cache holding them.
 
         ``rollback``: the cache must allow :meth:`crop` and :meth:`fork` anywhere (natural
         alignment); without it a backend may keep less (a sliding window's last positions).
+        ``checkpoint``: called between the pieces of a long prefill (it raises to stop the
+        request, e.g. at its deadline), so a backend that reads long rows in chunks calls it
+        between them.
         """
 
     @abstractmethod

@@ -17,7 +17,7 @@ position ids count only live tokens); a cache of one row is cropped exactly.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -28,7 +28,11 @@ from transformers import DynamicCache
 from ..errors import ConfigError, PackLLMError
 from .base import MemberBackend, Prefill
 
-__all__ = ["Member"]
+__all__ = ["Member", "PREFILL_CHUNK"]
+
+PREFILL_CHUNK = 512
+"""Positions read per forward pass in a prefill: a longer prompt goes through the cache in
+chunks, so a request's deadline is checked at least every 512 positions."""
 
 # Architectures whose causal-LM head is "lm_head, then optional final soft-capping".
 # For these the engine runs the decoder and applies the head itself, only on the positions
@@ -148,17 +152,33 @@ class Member(MemberBackend):
 
     # ---- operations ----------------------------------------------------------------------
 
-    def prefill(self, rows: Sequence[Sequence[int]], rollback: bool = False) -> Prefill:
-        """Read ``rows`` left-padded in one batch (see :class:`~.base.MemberBackend`)."""
+    def prefill(
+        self, rows: Sequence[Sequence[int]], rollback: bool = False, checkpoint: Callable[[], None] | None = None
+    ) -> Prefill:
+        """Read ``rows`` left-padded in one batch (see :class:`~.base.MemberBackend`); rows
+        longer than ``PREFILL_CHUNK`` positions are read a chunk at a time through the cache,
+        with ``checkpoint`` called between chunks."""
         lengths = [len(r) for r in rows]
         width = max(lengths)
         pads = [width - n for n in lengths]
         ids = torch.tensor([[self.pad_id] * p + list(r) for p, r in zip(pads, rows, strict=True)], dtype=torch.long)
+        ids = ids.to(self.device)
         mask = position_ids = None
         if any(pads):
             mask = (torch.arange(width)[None, :] >= torch.tensor(pads)[:, None]).long().to(self.device)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        states, kv = self._forward(ids.to(self.device), DynamicCache() if rollback else None, mask, position_ids)
+        kv, pieces = DynamicCache() if rollback else None, []
+        for start in range(0, width, PREFILL_CHUNK):
+            if start and checkpoint is not None:
+                checkpoint()
+            stop = min(width, start + PREFILL_CHUNK)
+            piece_mask = None if mask is None else mask[:, :stop]
+            piece_positions = None if position_ids is None else position_ids[:, start:stop]
+            if piece_positions is None and start:
+                piece_positions = torch.arange(start, stop, device=self.device)[None].expand(len(rows), -1)
+            out, kv = self._forward(ids[:, start:stop], kv, piece_mask, piece_positions)
+            pieces.append(out)
+        states = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         if rollback and mask is None:  # rows will roll back by different amounts: track live slots
             mask = torch.ones(len(rows), width, dtype=torch.long, device=self.device)
         slots = [list(range(pad, width)) for pad in pads]

@@ -16,8 +16,8 @@ import torch
 from ..aio import iterate_in_threads
 from ..config import GenerationConfig
 from ..engine import PackEngine, Prompt
-from ..errors import ConfigError
-from ..events import Event, FinishEvent, GenerationResult, collect_results
+from ..errors import ConfigError, GenerationTimeoutError
+from ..events import Event, FinishEvent, GenerationResult, TextEvent, collect_results
 
 __all__ = ["Runner", "acollect_results"]
 
@@ -29,11 +29,13 @@ BACKOFF_S = 0.5
 class Runner:
     """Runs calls on ``engine`` within ``timeout`` seconds, with ``max_retries`` out-of-memory retries.
 
-    The deadline starts at a call's first step and is checked after each event
-    (``TimeoutError``). A call whose device runs out of memory (``torch.OutOfMemoryError``)
-    is started again, after waits of 0.5 s, 1 s, 2 s..., at most ``max_retries`` times: a
-    stream only before its first event, a call that keeps only the final results at any
-    point. Other errors are raised at once.
+    The deadline starts at the call; the engine checks it before every forward pass (a long
+    prompt is read in chunks) and the runner after each event
+    (:class:`~packllm_integrations.errors.GenerationTimeoutError`, a ``TimeoutError``). A
+    call whose device runs out of memory (``torch.OutOfMemoryError``) is started again,
+    after waits of 0.5 s, 1 s, 2 s..., at most ``max_retries`` times: a stream only before
+    its first event, a call that keeps only the final results at any point. Other errors
+    are raised at once.
 
     Example:
         >>> runner = Runner(engine, timeout=30, max_retries=2)  # doctest: +SKIP
@@ -59,20 +61,28 @@ class Runner:
         ``restart_after_output`` retries out-of-memory even after events were yielded (for
         callers that only keep the final results: a restart yields every event again).
         """
-        first = self.engine.stream_batch(prompts, config)
-        return self._retried(prompts, config, first, restart_after_output)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        first = self.engine.stream_batch(prompts, config, timeout=self.timeout)
+        return self._retried(prompts, config, first, restart_after_output, deadline)
 
     def _retried(
-        self, prompts: Sequence[Prompt], config: GenerationConfig, stream: Iterator[Event], restart_after_output: bool
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig,
+        stream: Iterator[Event],
+        restart_after_output: bool,
+        deadline: float | None,
     ) -> Iterator[Event]:
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         attempt = 0
         while True:
             yielded = False
+            partial: dict[int, str] = {}
             try:
                 for event in stream:
                     if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(f"generation took longer than timeout={self.timeout} s")
+                        raise GenerationTimeoutError(self.timeout or 0.0, partial)
+                    if isinstance(event, TextEvent):
+                        partial[event.index] = partial.get(event.index, "") + event.text
                     yielded = True
                     yield event
                 return
@@ -85,7 +95,10 @@ class Runner:
                 close = getattr(stream, "close", None)
                 if close is not None:
                     close()  # frees the session's caches now, not when it is collected
-            stream = self.engine.stream_batch(prompts, config)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise GenerationTimeoutError(self.timeout or 0.0)
+            stream = self.engine.stream_batch(prompts, config, timeout=left)
 
     def aevents(
         self, prompts: Sequence[Prompt], config: GenerationConfig, *, restart_after_output: bool = False

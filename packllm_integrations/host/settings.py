@@ -84,6 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reference", str),
     Setting("scoring", str),
     Setting("alignment", str),
+    Setting("on_member_error", str),
 )
 """Every generation setting, in the order hosts list them."""
 

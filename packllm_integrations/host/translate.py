@@ -52,7 +52,10 @@ def result_metadata(result: GenerationResult, *, usage_key: str = "usage") -> di
 
     LangChain reads the usage under ``token_usage``; LlamaIndex and the CLI under ``usage``.
     """
-    return {"finish_reason": result.finish_reason, **weights_metadata(result), usage_key: usage_dict(result.usage)}
+    out = {"finish_reason": result.finish_reason, **weights_metadata(result), usage_key: usage_dict(result.usage)}
+    if result.dropped:  # members dropped on failure (on_member_error="drop")
+        out["dropped"] = dict(result.dropped)
+    return out
 
 
 def merge_messages(messages: Iterable[tuple[str, str]]) -> list[dict[str, str]]:

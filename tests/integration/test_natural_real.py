@@ -60,3 +60,24 @@ def test_natural_pair_generates_streams_and_scores(smollm2: Member, qwen: Member
     assert batch[0].text == engine.generate(CODE, max_new_tokens=8).text
     good, bad = engine.score([(CODE, "    return pd.read_csv(path)\n"), (CODE, "    elephant purple seven\n")])
     assert good.logprob > bad.logprob
+
+
+@torch.inference_mode()
+def test_a_long_prompt_read_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts longer than PREFILL_CHUNK are read chunk by chunk (so a deadline is checked in
+    between); Gemma 3's sliding-window cache gives the same states as one pass."""
+    from packllm_integrations.backends import transformers as backend
+
+    gemma = _load("gemma3-270m")
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))[:12000]
+    ids = gemma.encode(text)[:1300]
+    assert len(ids) > 2 * backend.PREFILL_CHUNK
+    rows = [ids, ids[:700]]
+    chunked = [gemma.prefill(rows, rollback) for rollback in (False, True)]
+    monkeypatch.setattr(backend, "PREFILL_CHUNK", 10_000)
+    whole = [gemma.prefill(rows, rollback) for rollback in (False, True)]
+    for a, b in zip(whole, chunked, strict=True):
+        for r in range(len(rows)):
+            la, lb = gemma.scores(a.row(r)[-200:]), gemma.scores(b.row(r)[-200:])
+            torch.testing.assert_close(la, lb, atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(gemma.step(a.cache, [5, 6]), gemma.step(b.cache, [5, 6]), atol=2e-3, rtol=1e-3)

@@ -1,0 +1,50 @@
+"""Members that fail during a request: finding bad scores, dropping a member from a prompt.
+
+A member fails when its backend raises or when its scores are not numbers the fusion can
+use (NaN, +inf, or nothing finite at all). What happens then is the request's
+``on_member_error``: ``"raise"`` stops it with a :class:`~.errors.MemberError` (naming the
+member and the step, carrying the text so far), ``"drop"`` takes the member out of the
+prompts it failed on and renormalises the others' weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .backends.base import Scores, SparseScores
+
+__all__ = ["bad_rows", "without_member", "non_finite_members"]
+
+
+def bad_rows(scores: Scores) -> list[int]:
+    """The rows of next-token scores [B, W] that hold a NaN or +inf, or no finite value.
+
+    -inf alone is fine (a token ruled out, or padding past a narrower vocabulary).
+
+    >>> bad_rows(torch.tensor([[0.0, -math.inf], [math.nan, 1.0], [-math.inf, -math.inf]]))
+    [1, 2]
+    """
+    values = scores.logprobs if isinstance(scores, SparseScores) else scores
+    broken = (torch.isnan(values) | (values == math.inf)).any(-1) | ~torch.isfinite(values).any(-1)
+    return broken.nonzero().flatten().tolist()
+
+
+def non_finite_members(nll: torch.Tensor | None) -> list[int]:
+    """The members whose prompt NLL [K] is not a finite number."""
+    if nll is None:
+        return []
+    return [k for k, v in enumerate(nll.tolist()) if not math.isfinite(v)]
+
+
+def without_member(weights: torch.Tensor, k: int) -> torch.Tensor | None:
+    """``weights`` [K] with member k's set to 0 and the rest renormalised; None if nothing is left.
+
+    >>> without_member(torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64), 0).tolist()
+    [0.0, 0.5, 0.5]
+    """
+    out = weights.clone()
+    out[k] = 0
+    total = float(out.sum())
+    return out / total if total > 0 else None
