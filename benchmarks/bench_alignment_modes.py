@@ -1,7 +1,8 @@
 """Cross-tokenizer fusion: bits per byte and decode time of each alignment mode.
 
 Usage:
-    python benchmarks/bench_alignment_modes.py [--threads 2] [--quick] [--parts bpb,decode,maps] [--out FILE]
+    python benchmarks/bench_alignment_modes.py [--threads 2] [--quick] [--parts bpb,decode,maps]
+        [--packs pairs,three] [--out FILE]
 
 On real text of two kinds from installed packages (English news prose: gensim's
 ``lee_background.cor``; Python code: standard-library sources), each at least 2,000 tokens
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="bpb,decode,maps", help="comma-separated parts to run: bpb, decode, maps (default: all)"
     )
+    parser.add_argument(
+        "--packs", default="pairs,three", help="which packs: pairs (each cross-tokenizer pair), three (all three)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "alignment_modes.md")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -108,14 +112,18 @@ def main() -> None:
     members = {name: load_member(name, progress=False) for name in DEFAULT_PACK}
     data = texts(args.quick)
     names, cfgs = configs()
-    packs = [list(p) for p in combinations(DEFAULT_PACK, 2)] + [list(DEFAULT_PACK)]
+    chosen = {p.strip() for p in args.packs.split(",") if p.strip()}
+    if not chosen or chosen - {"pairs", "three"}:
+        raise SystemExit(f"--packs {args.packs!r}: expected a comma-separated subset of pairs, three")
+    packs = [list(p) for p in combinations(DEFAULT_PACK, 2)] if "pairs" in chosen else []
+    packs += [list(DEFAULT_PACK)] if "three" in chosen else []
 
     lines = [
         "# Alignment modes: bits per byte and decode time",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
         f"{args.threads}; produced by `python benchmarks/bench_alignment_modes.py{' --quick' if args.quick else ''}"
-        f" --parts {','.join(sorted(parts))}`. "
+        f" --parts {','.join(sorted(parts))} --packs {','.join(sorted(chosen))}`. "
         "Bits per byte: total negative log-likelihood in bits of the text after its first line, over its UTF-8 "
         "bytes (lower is better); weights computed on the first line; reference member chosen per text by the "
         "lowest own-tokenization perplexity on the first line.",

@@ -33,9 +33,9 @@ import torch
 
 from .mined_index import BATCH, MAX_QUERY, MemberIndex
 
-__all__ = ["VocabMap", "token_bytes", "build_vocab_map", "vocabulary_fingerprint", "special_ids"]
+__all__ = ["VocabMap", "token_bytes", "build_vocab_map", "vocabulary_fingerprint", "special_ids", "text_token_order"]
 
-MAP_VERSION = 1
+MAP_VERSION = 2
 """Version of the map format and algorithm (part of the disk cache's file names)."""
 
 
@@ -103,7 +103,7 @@ def token_bytes(tokenizer: Any) -> list[bytes]:
     for tok in tokens:
         if byte_level and all(ch in decoder for ch in tok):
             out.append(bytes(decoder[ch] for ch in tok))
-        elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+        elif _is_byte_token(tok):
             try:
                 out.append(bytes([int(tok[3:5], 16)]))
             except ValueError:
@@ -111,6 +111,20 @@ def token_bytes(tokenizer: Any) -> list[bytes]:
         else:
             out.append(tok.replace("▁", " ").encode("utf-8"))
     return out
+
+
+def text_token_order(tokenizer: Any, special: set[int] | frozenset[int]) -> list[int]:
+    """The ids of ordinary tokens, those the tokenizer writes text with first: byte-fallback
+    tokens (``<0x28>``) come after every other token, so a token whose bytes a byte token
+    also stands for ("(") is the one an exact match by bytes picks.
+    """
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    ordinary = [i for i in range(len(tokens)) if i not in special]
+    return sorted(ordinary, key=lambda i: _is_byte_token(tokens[i] or ""))
+
+
+def _is_byte_token(token: str) -> bool:
+    return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
 
 
 def special_ids(tokenizer: Any) -> set[int]:
@@ -195,8 +209,9 @@ def build_vocab_map(reference: Any, member: Any, member_width: int | None = None
 
     # exact: text -> lowest member id among ordinary tokens
     exact_index: dict[bytes, int] = {}
-    for i, b in enumerate(mem_bytes):
-        if i not in mem_special and b and b not in exact_index:
+    for i in text_token_order(member, mem_special):
+        b = mem_bytes[i]
+        if b and b not in exact_index:
             exact_index[b] = i
     special_by_text = {mem_bytes[i]: i for i in sorted(mem_special, reverse=True)}
     roles = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
