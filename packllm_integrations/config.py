@@ -95,8 +95,10 @@ class GenerationConfig:
         _check_int("top_k", self.top_k, 0)
         _check_number("top_p", self.top_p, "a number in (0, 1]", lambda v: 0 < v <= 1)
         _check_number("tau", self.tau, "a number > 0", lambda v: v > 0)
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ConfigError("seed", self.seed, "an integer or None")
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**64
+        ):
+            raise ConfigError("seed", self.seed, "an integer from 0 to 2**64 - 1, or None")
         stop = self.stop
         if isinstance(stop, str):
             stop = (stop,)

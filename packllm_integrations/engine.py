@@ -74,6 +74,7 @@ class PackEngine:
         self._lock = threading.Lock()
         self._fingerprints = [m.tokenizer_fingerprint for m in members]
         self._pack = Pack(self.members, self.vocab_map, self.projection)
+        _check_config(config)
         self.config = self._checked((config or GenerationConfig()).merged(**overrides))
 
     @classmethod
@@ -144,6 +145,7 @@ class PackEngine:
 
     def resolve(self, config: GenerationConfig | None = None, **overrides: Any) -> GenerationConfig:
         """The config of one call: ``config`` (or the engine's) with ``overrides`` applied."""
+        _check_config(config)
         return self._checked((config or self.config).merged(**overrides))
 
     def _checked(self, config: GenerationConfig) -> GenerationConfig:
@@ -296,3 +298,10 @@ class PackEngine:
         if len(refs) != 1:
             raise ConfigError("configs", [c.reference for c in checked], "configs that share one reference setting")
         return score_continuations(self._pack, texts, contexts, checked, refs.pop(), weights_on)
+
+
+def _check_config(config: Any) -> None:
+    if config is not None and not isinstance(config, GenerationConfig):
+        raise ConfigError(
+            "config", type(config).__name__, "a GenerationConfig, or settings as keywords (temperature=0.7, ...)"
+        )

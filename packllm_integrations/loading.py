@@ -100,8 +100,15 @@ def parse_spec(text: str) -> MemberSpec:
 
 
 def load_pack(specs: Sequence[str | MemberSpec] | None = None, progress: bool = True) -> list[Member]:
-    """Load every member of a pack (the default pack when ``specs`` is empty or None)."""
-    specs = list(specs or DEFAULT_PACK)
+    """Load every member of a pack (the default pack when ``specs`` is None).
+
+    An empty list, or one string where a list of specs is expected, raises
+    :class:`ConfigError` (a string is not read character by character)."""
+    if isinstance(specs, (str, MemberSpec)):
+        raise ConfigError("models", specs, "a list of member specs, e.g. ['smollm2-135m', 'gemma3-270m']")
+    if specs is not None and not list(specs):
+        raise ConfigError("models", specs, "at least one member spec (None loads the default pack)")
+    specs = list(DEFAULT_PACK) if specs is None else list(specs)
     members = [load_member(spec, progress=progress) for spec in specs]
     names = [m.name for m in members]
     duplicated = sorted({n for n in names if names.count(n) > 1})

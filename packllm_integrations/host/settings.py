@@ -198,7 +198,9 @@ def load_engine(
     settings = {k: _engine_value(v) for k, v in (settings or {}).items()}
     check_settings(settings)
     if engine is None:
-        specs = [parse_spec(s) if isinstance(s, str) else s for s in models or []]
+        if isinstance(models, (str, MemberSpec)):
+            raise ConfigError("models", models, "a list of member specs, e.g. ['smollm2-135m', 'gemma3-270m']")
+        specs = None if models is None else [parse_spec(s) if isinstance(s, str) else s for s in models]
         engine = PackEngine.from_models(specs, progress=progress)
     engine.resolve(engine.config.merged(**settings))
     return engine

@@ -39,7 +39,7 @@ class PackSettings(pack_model("langchain")):  # type: ignore[misc]
         """
         call = dict(kwargs)
         if stop is not None:
-            call["stop"] = list(stop)
+            call["stop"] = [stop] if isinstance(stop, str) else list(stop)  # a string is one stop sequence
         return self._resolve(call, model_name=self.model_name)
 
     @property
@@ -74,7 +74,7 @@ class PackSettings(pack_model("langchain")):  # type: ignore[misc]
         }
         stops = stop if stop is not None else self.stop
         if stops:
-            params["ls_stop"] = list(stops)
+            params["ls_stop"] = [stops] if isinstance(stops, str) else list(stops)
         return LangSmithParams(ls_model_type=self._ls_model_type, **params)  # type: ignore[typeddict-item]
 
     def _llm_output(self, results: Sequence[GenerationResult]) -> dict[str, Any]:
