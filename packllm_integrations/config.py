@@ -119,6 +119,8 @@ class GenerationConfig:
                 values.append(float(w))
             if not sum(values) > 0:
                 raise ConfigError("weights", self.weights, "numbers with a positive sum")
+            if not math.isfinite(sum(values)):
+                raise ConfigError("weights", self.weights, "numbers whose sum is finite (they are renormalised)")
             object.__setattr__(self, "weights", tuple(values))
         if self.weighting == "fixed" and self.weights is None:
             raise ConfigError("weights", None, "a list of member weights when weighting='fixed'")

@@ -161,9 +161,13 @@ class PackEngine:
             raise ConfigError("reference", config.reference, f"a member name ({', '.join(self.names)}) or None")
         return self.names.index(config.reference)
 
-    def _texts(self, prompt: Any, parameter: str = "prompt") -> list[str]:
-        """The prompt as each member reads it."""
+    def _texts(self, prompt: Any, parameter: str = "prompt", allow_empty: bool = False) -> list[str]:
+        """The prompt as each member reads it (an empty text only where ``allow_empty``: a context)."""
         if isinstance(prompt, str):
+            if not prompt and not allow_empty:
+                raise PromptError(
+                    parameter, prompt, "a non-empty string (the pack needs text to weight its members on)"
+                )
             return [prompt] * len(self.members)
         if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
             messages = []
@@ -290,7 +294,7 @@ class PackEngine:
         for i, pair in enumerate(requests):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[1], str):
                 raise PromptError(f"requests[{i}]", pair, "a (context, continuation) pair with a string continuation")
-            ctx = self._texts(pair[0], f"requests[{i}][0]")
+            ctx = self._texts(pair[0], f"requests[{i}][0]", allow_empty=True)
             contexts.append(ctx)
             texts.append([c + pair[1] for c in ctx])
         checked = [self._checked(c) for c in configs]

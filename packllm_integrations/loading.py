@@ -62,14 +62,19 @@ class MemberSpec:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigError("model", self.model, "a catalog name, a model folder, a .gguf file or a hub id")
         if self.dtype not in _DTYPES:
             raise ConfigError("dtype", self.dtype, f"one of {sorted(_DTYPES)}")
         try:
-            torch.device(self.device)
+            device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
             raise ConfigError("device", self.device, "a torch device such as 'cpu' or 'cuda:0'") from exc
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ConfigError("device", self.device, f"a device this machine has ('cpu'; CUDA devices here: {found})")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model", self.model, "a catalog name, a model folder, a .gguf file or a hub id")
 
     @property
     def display_name(self) -> str:
@@ -132,7 +137,7 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[spec.dtype] or "auto")
-    except OSError as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' errors for unreadable folders
         raise ModelLoadError(f"could not load model {spec.model!r} from {folder}: {exc}") from exc
     finally:
         if bars:
@@ -156,6 +161,11 @@ def _resolve_folder(spec: MemberSpec, progress: bool) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model={spec.model!r}: the folder has no config.json (not a Hugging Face model)")
+        if (path / "pytorch_model.bin").is_file() and not any(path.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"model={spec.model!r}: its weights are a pickled pytorch_model.bin, which is not loaded (unpickling "
+                "can run any code); save the model with safetensors (model.save_pretrained(folder))"
+            )
         return str(path)
     if path.exists() or spec.model.startswith((".", "/", "~")) or spec.model.count("/") != 1:
         names = ", ".join(CATALOG)

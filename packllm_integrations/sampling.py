@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["sample"]
 
 
@@ -33,4 +35,6 @@ def sample(
         ordered = ordered.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
     probs = scores.softmax(dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # logits / temperature overflowed
+        raise ConfigError("temperature", temperature, "a temperature large enough to sample with (or 0 for greedy)")
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -52,3 +52,61 @@ def test_langchain_stop_string_is_one_stop_sequence(bl: Member) -> None:
     chat = ChatPackLLM(engine=engine, max_tokens=16)
     reply = chat.invoke("Hi", stop=stop).content
     assert stop not in reply
+
+
+@pytest.mark.parametrize("prompts", [[""], ["fine", ""]])
+def test_an_empty_prompt_is_a_prompt_error(bl: Member, prompts: list[str]) -> None:
+    from packllm_integrations import PromptError
+
+    engine = PackEngine([bl])
+    with pytest.raises(PromptError, match="prompt"):
+        engine.generate_batch(prompts, max_new_tokens=2)
+    assert engine.score([("", "The value")])[0].tokens > 0  # an empty context is fine
+
+
+def test_a_spec_reports_its_bad_option_not_its_missing_model() -> None:
+    from packllm_integrations.loading import parse_spec
+
+    with pytest.raises(ConfigError, match="dtype='int3'"):
+        parse_spec(",dtype=int3")
+
+
+def test_a_cuda_device_that_is_not_here(monkeypatch) -> None:
+    import torch
+
+    from packllm_integrations.loading import MemberSpec
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device='cuda:0'"):
+        MemberSpec("smollm2-135m", device="cuda:0")
+
+
+def test_weights_that_overflow_when_normalised() -> None:
+    with pytest.raises(ConfigError, match="weights"):
+        GenerationConfig(weighting="fixed", weights=(1e308, 1e308))
+
+
+def test_a_temperature_too_small_to_sample_with(bl: Member) -> None:
+    engine = PackEngine([bl])
+    with pytest.raises(ConfigError, match="temperature"):
+        engine.generate("The value", max_new_tokens=2, temperature=1e-40, seed=0)
+
+
+def test_unreadable_model_folders(tmp_path, tiny_folder) -> None:
+    import shutil
+
+    from packllm_integrations import ModelLoadError
+    from packllm_integrations.loading import load_member
+
+    empty = tmp_path / "empty-config"
+    shutil.copytree(tiny_folder, empty)
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="empty-config"):
+        load_member(str(empty), progress=False)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_folder, pickled)
+    for f in pickled.glob("*.safetensors"):
+        f.unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickled"):
+        load_member(str(pickled), progress=False)
