@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .catalog import CATALOG, DEFAULT_PACK, is_installed
-from .errors import PackLLMError
+from .errors import PackLLMError, PromptError
 from .weighting import STRATEGIES
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
@@ -97,7 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _prompt(args: argparse.Namespace) -> Any:
     from .host import merge_messages
 
-    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PromptError("prompt", f"<standard input, byte {exc.start}>", "UTF-8 text") from None
+    else:
+        text = args.prompt
     return merge_messages([("user", text)]) if args.chat else text
 
 

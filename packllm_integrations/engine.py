@@ -164,6 +164,7 @@ class PackEngine:
     def _texts(self, prompt: Any, parameter: str = "prompt", allow_empty: bool = False) -> list[str]:
         """The prompt as each member reads it (an empty text only where ``allow_empty``: a context)."""
         if isinstance(prompt, str):
+            _check_text(prompt, parameter)
             if not prompt and not allow_empty:
                 raise PromptError(
                     parameter, prompt, "a non-empty string (the pack needs text to weight its members on)"
@@ -174,6 +175,7 @@ class PackEngine:
             for m in prompt:
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise PromptError(parameter, m, "chat messages with string 'role' and 'content'")
+                _check_text(m["content"], parameter)
                 messages.append({"role": m["role"], "content": m["content"]})
             return [member.render_chat(messages) for member in self.members]
         raise PromptError(parameter, prompt, "a string, or a non-empty list of chat messages")
@@ -309,3 +311,11 @@ def _check_config(config: Any) -> None:
         raise ConfigError(
             "config", type(config).__name__, "a GenerationConfig, or settings as keywords (temperature=0.7, ...)"
         )
+
+
+def _check_text(text: str, parameter: str) -> None:
+    """Text every tokenizer can read: no lone surrogates (what invalid UTF-8 in argv becomes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptError(parameter, text, f"valid Unicode text (a lone surrogate at character {exc.start})") from None

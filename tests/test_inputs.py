@@ -110,3 +110,21 @@ def test_unreadable_model_folders(tmp_path, tiny_folder) -> None:
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelLoadError, match="pickled"):
         load_member(str(pickled), progress=False)
+
+
+def test_lone_surrogates_and_invalid_utf8(bl: Member, tiny_folder_bl, capsysbinary, monkeypatch) -> None:
+    import io
+    import sys
+
+    from packllm_integrations import PromptError
+    from packllm_integrations.cli import main
+
+    engine = PackEngine([bl])
+    with pytest.raises(PromptError, match="surrogate"):
+        engine.generate("caf\udce9", max_new_tokens=2)  # what invalid UTF-8 in argv becomes
+    with pytest.raises(PromptError, match="surrogate"):
+        engine.generate([{"role": "user", "content": "caf\udce9"}], max_new_tokens=2)
+    assert main(["generate", "--quiet", "--model", str(tiny_folder_bl), "--max-new-tokens", "2", "caf\udce9"]) == 2
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
+    assert main(["generate", "--quiet", "--model", str(tiny_folder_bl), "--max-new-tokens", "2", "-"]) == 2
+    assert b"UTF-8" in capsysbinary.readouterr().err
