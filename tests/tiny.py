@@ -150,3 +150,54 @@ def sentencepiece_member_without_bos(name: str = "tiny-sentencepiece-nobos", see
     """The SentencePiece-style member (same weights as :func:`sentencepiece_member`) whose tokenizer adds no BOS."""
     tok = sentencepiece_tokenizer_without_bos()
     return Member(name, _llama(len(tok), seed, tok.eos_token_id, tok.bos_token_id), tok)
+
+
+def write_gguf(path: Path) -> Path:
+    """:func:`bytelevel_member_b` (Llama, byte-level BPE) written as a float32 GGUF file, as llama.cpp names
+    tensors (q and k rows permuted), so loading it is what loading a real GGUF does, in a fraction of a second."""
+    import gguf
+    import numpy as np
+
+    member = bytelevel_member_b()
+    tok, cfg = member.tokenizer, member.model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(len(tok))
+    writer.add_file_type(0)  # all float32
+    data = json.loads(tok.backend_tokenizer.to_str())
+    added = {t["content"]: t["id"] for t in data["added_tokens"]}
+    ids = {**data["model"]["vocab"], **added}
+    tokens = sorted(ids, key=ids.__getitem__)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in added else 1 for t in tokens])  # 3: control, 1: normal
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]])
+    writer.add_eos_token_id(tok.eos_token_id)
+    writer.add_pad_token_id(tok.pad_token_id)
+    writer.add_chat_template(tok.chat_template)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    names["lm_head.weight"] = "output.weight"
+    parts = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    parts |= {f"self_attn.{a}_proj": f"attn_{a}" for a in "qkv"} | {"self_attn.o_proj": "attn_output"}
+    parts |= {f"mlp.{a}_proj": f"ffn_{a}" for a in ("gate", "up", "down")}
+    for i in range(cfg.num_hidden_layers):
+        names |= {f"model.layers.{i}.{hf}.weight": f"blk.{i}.{gg}.weight" for hf, gg in parts.items()}
+    for key, tensor in member.model.state_dict().items():
+        value = tensor.numpy().astype(np.float32)
+        heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+        for proj, n in heads.items():
+            if proj in key:  # llama.cpp's row order for rotary heads
+                value = value.reshape(n, 2, value.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(value.shape)
+        writer.add_tensor(names[key], np.ascontiguousarray(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

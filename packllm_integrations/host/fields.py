@@ -13,7 +13,16 @@ import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    create_model,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import SkipJsonSchema
 
@@ -22,7 +31,7 @@ from ..engine import PackEngine
 from ..errors import ConfigError
 from ..loading import MemberSpec
 from .running import Runner
-from .settings import SETTINGS, Setting, engine_settings, host_names, load_engine, resolve_call
+from .settings import SETTINGS, Setting, engine_settings, host_names, in_host_terms, load_engine, resolve_call
 
 if TYPE_CHECKING:
     from .. import MemberBackend
@@ -70,7 +79,10 @@ class PackModel(BaseModel):
     @model_validator(mode="after")
     def _set_up_pack(self) -> PackModel:
         """Check every setting, then load the pack (checks come first: loading takes seconds)."""
-        self.engine = load_engine(self.models, self.engine, self._own_settings())
+        try:
+            self.engine = load_engine(self.models, self.engine, self._own_settings())
+        except ConfigError as exc:
+            raise in_host_terms(self.host, exc) from None
         return self
 
     @property
@@ -102,7 +114,7 @@ class PackModel(BaseModel):
         return Runner(self.pack, timeout=self.timeout, max_retries=self.max_retries)
 
 
-def _in_host_terms(setting: Setting, host: str) -> Any:
+def _bounds_in_host_terms(setting: Setting, host: str) -> Any:
     """A wrap validator that reports a bound's failure as the engine would, under ``host``'s name."""
 
     def check(value: Any, handler: Any) -> Any:
@@ -115,16 +127,30 @@ def _in_host_terms(setting: Setting, host: str) -> Any:
             try:
                 GenerationConfig(**{setting.name: value})
             except ConfigError as error:
-                raise ConfigError(setting.host_name(host), value, error.expected) from None
+                raise in_host_terms(host, error) from None
             raise
 
     return WrapValidator(check)
 
 
+def _one_string_is_one_item(value: Any) -> Any:
+    """A plain string given for a list of strings (``stop="\\n\\n"``) is that one string, never its characters."""
+    return [value] if isinstance(value, str) else value
+
+
+def _specs_not_a_string(value: Any) -> Any:
+    """``models`` is a list of specs: one string is refused rather than read character by character."""
+    if isinstance(value, (str, MemberSpec)):
+        raise ConfigError("models", value, "a list of member specs, e.g. ['smollm2-135m', 'gemma3-270m']")
+    return value
+
+
 def _setting_field(setting: Setting, host: str) -> tuple[Any, FieldInfo]:
     annotation: Any = setting.type | None
+    if setting.type == list[str]:
+        annotation = Annotated[annotation, BeforeValidator(_one_string_is_one_item)]
     if setting.bounds:
-        annotation = Annotated[annotation, _in_host_terms(setting, host)]
+        annotation = Annotated[annotation, _bounds_in_host_terms(setting, host)]
     doc = f"{setting.doc} None: the engine's default."
     return annotation, Field(default=None, description=doc, **setting.bounds)
 
@@ -146,7 +172,10 @@ def pack_model(host: str) -> type[PackModel]:
     """
     host_names(host)  # an unknown host raises
     fields: dict[str, Any] = {
-        "models": (list[str | MemberSpec] | None, Field(default=None, description=MODELS_DOC)),
+        "models": (
+            Annotated[list[str | MemberSpec] | None, BeforeValidator(_specs_not_a_string)],
+            Field(default=None, description=MODELS_DOC),
+        ),
         "engine": (
             SkipJsonSchema[PackEngine] | None,
             Field(default=None, exclude=True, repr=False, description=ENGINE_DOC),

@@ -24,6 +24,7 @@ __all__ = [
     "check_settings",
     "engine_settings",
     "host_names",
+    "in_host_terms",
     "load_engine",
     "parse_weights",
     "resolve_call",
@@ -77,7 +78,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top_k", int, ge=0),
     Setting("top_p", float, gt=0, le=1),
     Setting("seed", int),
-    Setting("stop", list[str], note="A call's own stop replaces this list."),
+    Setting("stop", list[str], note="A string is one stop sequence. A call's own stop replaces this list."),
     Setting("weighting", str),
     Setting("tau", float, gt=0),
     Setting("weights", list[float]),
@@ -157,8 +158,21 @@ def resolve_call(
     8
     """
     overrides = engine_settings(host, call, model_name=model_name)
-    base = engine.config.merged(**{k: _engine_value(v) for k, v in own.items()})
-    return engine.resolve(base, **overrides)
+    try:
+        base = engine.config.merged(**{k: _engine_value(v) for k, v in own.items()})
+        return engine.resolve(base, **overrides)
+    except ConfigError as exc:
+        raise in_host_terms(host, exc) from None
+
+
+def in_host_terms(host: str, error: ConfigError) -> ConfigError:
+    """``error`` naming its parameter as ``host`` does (LangChain's ``max_tokens``, not ``max_new_tokens``).
+
+    >>> in_host_terms("langchain", ConfigError("max_new_tokens", 0, "an integer >= 1"))
+    ConfigError('max_tokens=0 is invalid: expected an integer >= 1')
+    """
+    renamed = {s.name: s.host_name(host) for s in SETTINGS}.get(error.parameter, error.parameter)
+    return error if renamed == error.parameter else type(error)(renamed, error.value, error.expected)
 
 
 def parse_weights(text: str, *, separator: str = ",", parameter: str = "weights") -> tuple[float, ...]:
