@@ -109,7 +109,7 @@ def main() -> None:
         raise SystemExit(f"--parts {args.parts!r}: expected a comma-separated subset of bpb, decode, maps")
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
-    members = {name: load_member(name, progress=False) for name in DEFAULT_PACK}
+    members = {name: load_member(f"{name},backend=transformers", progress=False) for name in DEFAULT_PACK}
     data = texts(args.quick)
     names, cfgs = configs()
     chosen = {p.strip() for p in args.packs.split(",") if p.strip()}

@@ -118,7 +118,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     n = 16 if args.quick else 48
     torch.manual_seed(0)
-    members = [never_stop(load_member(name, progress=False)) for name in PACK]
+    members = [never_stop(load_member(f"{name},backend=transformers", progress=False)) for name in PACK]
     pack = PackEngine(members, progress=False)
     rows: list[tuple[str, str, str, str]] = []
 
@@ -156,7 +156,7 @@ def main() -> None:
     long_text = (PROSE + " ") * 12
     ids = members[0].encode(long_text)
     long_text = members[0].tokenizer.decode(ids[:512])
-    same = [never_stop(load_member(PACK[0], progress=False))]
+    same = [never_stop(load_member(f"{PACK[0]},backend=transformers", progress=False))]
     same.append(Member("smollm2-copy", type(same[0].model)(same[0].model.config).eval(), same[0].tokenizer))
     same[1].model.load_state_dict(same[0].model.state_dict())
     with torch.no_grad():

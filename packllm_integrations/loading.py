@@ -1,4 +1,9 @@
-"""Turn member specs (catalog names, folders, GGUF files, hub ids) into built members.
+"""Turn member specs (catalog names, folders, GGUF files, hub ids, servers) into built members.
+
+Each spec resolves to a backend (:meth:`~packllm_integrations.specs.MemberSpec.resolved_backend`):
+llama.cpp reads a GGUF file as it is (:mod:`~packllm_integrations.gguf_files` finds the
+file and caches its tokenizer); an OpenAI-compatible server is reached by
+:mod:`~packllm_integrations.backends.remote`; the rest is transformers, described here.
 
 This is the only module that touches model files, caches, devices and dtypes (the cache
 files' checksums and atomic writes are :mod:`~packllm_integrations.caching`'s). A GGUF file
@@ -15,7 +20,6 @@ else ``~/.cache/packllm_integrations``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -29,9 +33,12 @@ import torch
 
 from . import caching
 from .alignment import MAP_VERSION, VocabMap, build_vocab_map, vocabulary_fingerprint
+from .backends.base import MemberBackend
 from .backends.transformers import Member
 from .catalog import CATALOG, DEFAULT_PACK, CatalogEntry
 from .errors import ConfigError, ModelLoadError, ModelNotFoundError
+from .gguf_files import catalog_gguf, file_key, gguf_tokenizer, is_scratch
+from .specs import MemberSpec, parse_spec
 
 __all__ = ["MemberSpec", "cache_dir", "load_member", "load_pack", "load_vocab_map", "parse_spec"]
 
@@ -48,68 +55,7 @@ def cache_dir() -> Path:
     return Path(base) / "packllm_integrations"
 
 
-@dataclass(frozen=True)
-class MemberSpec:
-    """How to load one member.
-
-    Args:
-        model: a catalog name (``packllm models`` lists them), a local Hugging Face model
-            folder, a ``.gguf`` file, or a Hugging Face hub id (needs network access).
-        name: the member's name in reports; defaults to the catalog name, or the file or
-            folder name.
-        device: a torch device string (``"cpu"``, ``"cuda:1"``...).
-        dtype: ``"float32"`` (default; fastest on CPUs), ``"bfloat16"``, ``"float16"`` or ``"auto"``.
-    """
-
-    model: str
-    name: str | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ConfigError("dtype", self.dtype, f"one of {sorted(_DTYPES)}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError("device", self.device, "a torch device such as 'cpu' or 'cuda:0'") from exc
-        if device.type == "cuda" and (
-            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-        ):
-            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise ConfigError("device", self.device, f"a device this machine has ('cpu'; CUDA devices here: {found})")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigError("model", self.model, "a catalog name, a model folder, a .gguf file or a hub id")
-
-    @property
-    def display_name(self) -> str:
-        if self.name:
-            return self.name
-        if self.model in CATALOG:
-            return self.model
-        path = Path(self.model)
-        if path.suffix == ".gguf":
-            return path.stem
-        return path.name or self.model
-
-
-def parse_spec(text: str) -> MemberSpec:
-    """Parse a command-line spec: ``MODEL[,name=N][,device=D][,dtype=T]``.
-
-    >>> parse_spec("gemma3-270m,dtype=bfloat16")
-    MemberSpec(model='gemma3-270m', name=None, device='cpu', dtype='bfloat16')
-    """
-    model, *options = text.split(",")
-    fields: dict[str, str] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or key not in ("name", "device", "dtype"):
-            raise ConfigError("model", text, "MODEL[,name=N][,device=D][,dtype=T]")
-        fields[key] = value
-    return MemberSpec(model=model, **fields)
-
-
-def load_pack(specs: Sequence[str | MemberSpec] | None = None, progress: bool = True) -> list[Member]:
+def load_pack(specs: Sequence[str | MemberSpec] | None = None, progress: bool = True) -> list[MemberBackend]:
     """Load every member of a pack (the default pack when ``specs`` is None).
 
     An empty list, or one string where a list of specs is expected, raises
@@ -127,12 +73,29 @@ def load_pack(specs: Sequence[str | MemberSpec] | None = None, progress: bool = 
     return members
 
 
-def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
-    """Load one member from a spec (a string is parsed with :func:`parse_spec`)."""
+def load_member(spec: str | MemberSpec, progress: bool = True) -> MemberBackend:
+    """Load one member from a spec (a string is parsed with :func:`parse_spec`), with the
+    backend the spec resolves to (:meth:`MemberSpec.resolved_backend`)."""
     if isinstance(spec, str):
         spec = parse_spec(spec)
     elif not isinstance(spec, MemberSpec):
         raise ConfigError("model", spec, "a string or a MemberSpec")
+    backend = spec.resolved_backend()
+    if backend == "openai":
+        from .backends.remote import RemoteMember
+
+        tokenizer_spec = MemberSpec(spec.tokenizer or "", backend="transformers")
+        return RemoteMember.connect(spec, _tokenizer_of(tokenizer_spec, progress))
+    if backend == "llama.cpp":
+        from .backends.llama_cpp import LlamaCppMember
+
+        path = _gguf_path(spec, progress)
+        try:
+            tokenizer = gguf_tokenizer(path, cache_dir() / "tokenizers")
+            return LlamaCppMember(spec.display_name, path, tokenizer, spec.threads)
+        finally:
+            if is_scratch(path):  # llama.cpp maps the file: it may go once loaded
+                shutil.rmtree(path.parent, ignore_errors=True)
     source = _resolve_folder(spec, progress)
     if isinstance(source, _Built):  # the cache could not be written: the GGUF's model, uncached
         model, tokenizer = source.model, source.tokenizer
@@ -142,6 +105,34 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> Member:
         model, tokenizer = _from_folder(spec, source)
     model.to(spec.device)
     return Member(name=spec.display_name, model=model, tokenizer=tokenizer)
+
+
+def _gguf_path(spec: MemberSpec, progress: bool) -> Path:
+    """The GGUF file of a catalog name or a ``.gguf`` path (for the llama.cpp backend)."""
+    entry = CATALOG.get(spec.model)
+    if entry is not None:
+        return catalog_gguf(entry, cache_dir() / "gguf", progress)
+    path = Path(spec.model).expanduser()
+    if path.suffix != ".gguf":
+        raise ConfigError("backend", "llama.cpp", f"a catalog model or a .gguf file, not model={spec.model!r}")
+    if not path.is_file():
+        raise ModelNotFoundError(f"model={spec.model!r}: no such GGUF file")
+    return path
+
+
+def _tokenizer_of(spec: MemberSpec, progress: bool) -> Any:
+    """The Hugging Face tokenizer of a catalog name, a GGUF file or a model folder."""
+    from transformers import AutoTokenizer
+
+    if spec.is_gguf:
+        return gguf_tokenizer(_gguf_path(spec, progress), cache_dir() / "tokenizers")
+    path = Path(spec.model).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"tokenizer={spec.model!r} is neither a catalog name, a GGUF file nor a folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer in {path}: {exc}") from exc
 
 
 def _from_folder(spec: MemberSpec, folder: str) -> tuple[Any, Any]:
@@ -179,9 +170,7 @@ def _resolve_folder(spec: MemberSpec, progress: bool) -> str | _Built:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"model={spec.model!r}: no such GGUF file")
-        stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        target = cache_dir() / "models" / f"{path.stem}-{file_key(path)}"
         return str(target) if _usable(target, path) else _convert(path, target, progress)
     if path.is_dir():
         if not (path / "config.json").is_file():

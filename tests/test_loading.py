@@ -81,14 +81,14 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_gguf_is_converted_once_with_its_checksums(cache: Path, tiny_gguf: Path, caplog) -> None:
-    first = load_member(str(tiny_gguf), progress=False)
+    first = load_member(f"{tiny_gguf},backend=transformers", progress=False)
     assert torch.equal(_logits(first), _logits(tiny.bytelevel_member_b()))
     folder = _cached(cache)
     manifest = json.loads((folder / caching.MARKER).read_text())
     assert manifest["source"] == tiny_gguf.name and "model.safetensors" in manifest["files"]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        again = load_member(str(tiny_gguf), progress=False)
+        again = load_member(f"{tiny_gguf},backend=transformers", progress=False)
     assert not caplog.records  # read from the cache, no conversion
     assert torch.equal(_logits(again), _logits(first))
     assert sorted(p.name for p in (cache / "models").iterdir()) == [folder.name]
@@ -107,12 +107,12 @@ def test_a_gguf_is_converted_once_with_its_checksums(cache: Path, tiny_gguf: Pat
     ids=["zeroed-weights", "flipped-weight-bit", "flipped-header-bit", "changed-tokenizer", "missing-config", "marker"],
 )
 def test_a_damaged_copy_is_rebuilt_from_the_gguf_with_a_warning(cache: Path, tiny_gguf: Path, caplog, harm) -> None:
-    expected = _logits(load_member(str(tiny_gguf), progress=False))
+    expected = _logits(load_member(f"{tiny_gguf},backend=transformers", progress=False))
     folder = _cached(cache)
     harm(folder)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        member = load_member(str(tiny_gguf), progress=False)
+        member = load_member(f"{tiny_gguf},backend=transformers", progress=False)
     damaged = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert len(damaged) == 1 and str(folder) in damaged[0] and tiny_gguf.name in damaged[0]
     assert torch.equal(_logits(member), expected)
@@ -129,13 +129,13 @@ def _flip(path: Path, offset: int) -> None:
 
 
 def test_a_copy_written_by_the_previous_version_is_kept(cache: Path, tiny_gguf: Path, caplog) -> None:
-    load_member(str(tiny_gguf), progress=False)
+    load_member(f"{tiny_gguf},backend=transformers", progress=False)
     folder = _cached(cache)
     (folder / caching.MARKER).write_text(tiny_gguf.name + "\n")  # the previous version's marker
     weights = (folder / "model.safetensors").stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        load_member(str(tiny_gguf), progress=False)
+        load_member(f"{tiny_gguf},backend=transformers", progress=False)
     assert not caplog.records and (folder / "model.safetensors").stat().st_mtime_ns == weights  # not reconverted
     assert json.loads((folder / caching.MARKER).read_text())["format"] == caching.FORMAT
 
@@ -193,13 +193,13 @@ def test_a_vocabulary_map_cache_that_cannot_be_written_costs_a_warning(tmp_path:
 def test_a_damaged_catalog_copy_is_rebuilt(cache: Path, caplog) -> None:
     if not is_installed("smollm2-135m"):
         pytest.skip("smollm2-135m's packages are not installed")
-    expected = _logits(load_member("smollm2-135m", progress=False))
+    expected = _logits(load_member("smollm2-135m,backend=transformers", progress=False))
     folder = _cached(cache)
     with (folder / "model.safetensors").open("r+b") as f:  # zero the header and the first weights
         f.write(bytes(caching.CHUNK))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        member = load_member("smollm2-135m", progress=False)
+        member = load_member("smollm2-135m,backend=transformers", progress=False)
     assert any("damaged" in r.getMessage() and "model.safetensors" in r.getMessage() for r in caplog.records)
     assert torch.equal(_logits(member), expected)
     assert caching.damage(folder, "full") is None

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.integration
 CODE = "import numpy as np\nimport pandas as pd\n\ndef load(path):\n"
 
 
-def _load(name: str) -> Member:
+def _load(name: str, backend: str = "transformers") -> Member:
     if not is_installed(name):
         pytest.skip(f"bundled model package not installed: {name} (see requirements-models.txt)")
-    return load_member(name, progress=False)
+    return load_member(f"{name},backend={backend}", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,12 @@ def qwen() -> Member:
 
 
 @torch.inference_mode()
-def test_reader_rolls_back_past_gemma_sliding_window() -> None:
+@pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
+def test_reader_rolls_back_past_gemma_sliding_window(backend: str) -> None:
     """Gemma 3's sliding layers (window 512) are cropped correctly beyond the window."""
-    gemma = _load("gemma3-270m")
+    if backend == "llama.cpp":
+        pytest.importorskip("llama_cpp")
+    gemma = _load("gemma3-270m", backend)
     text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))[:6000]
     ids = gemma.encode(text)[:620]
     base = gemma.tokenizer.decode(ids[1:], skip_special_tokens=True)
@@ -45,8 +48,13 @@ def test_reader_rolls_back_past_gemma_sliding_window() -> None:
     for n in range(1, len(word) + 1):
         reader.advance({0: gemma.encode(base + word[:n])})
     assert reader.rolled_back > 0
-    fresh = gemma.model(torch.tensor([reader.ids[0]])).logits[0, -1].float()
-    torch.testing.assert_close(gemma.scores(reader.state[0][None])[0], fresh, atol=2e-3, rtol=1e-3)
+    fresh = gemma.scores(gemma.prefill([reader.ids[0]]).last)[0].float()
+    rolled = gemma.scores(reader.state[0][None])[0]
+    if backend == "transformers":
+        torch.testing.assert_close(rolled, fresh, atol=2e-3, rtol=1e-3)
+    else:  # quantized kernels group a batch's positions otherwise than one step's: KL <= 0.01 measured
+        p, q = torch.log_softmax(fresh.double(), -1), torch.log_softmax(rolled.double(), -1)
+        assert float((p.exp() * (p - q)).sum()) < 0.02 and int(p.argmax()) == int(q.argmax())
 
 
 def test_natural_pair_generates_streams_and_scores(smollm2: Member, qwen: Member) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from packllm_integrations import Member, PackEngine, TextEvent, load_member
-from packllm_integrations.catalog import is_installed
+from tests.integration.models import need as _need
 
 pytestmark = pytest.mark.integration
 
@@ -19,22 +19,16 @@ CODE = "import numpy as np\nimport pandas as pd\n\ndef load(path):\n"
 PROSE = "The old man walked slowly to the market, where he"
 
 
-def _need(*names: str) -> None:
-    missing = [n for n in names if not is_installed(n)]
-    if missing:
-        pytest.skip(f"bundled model packages not installed: {missing} (see requirements-models.txt)")
-
-
 @pytest.fixture(scope="module")
 def smollm2() -> Member:
     _need("smollm2-135m")
-    return load_member("smollm2-135m", progress=False)
+    return load_member("smollm2-135m,backend=transformers", progress=False)
 
 
 @pytest.fixture(scope="module")
 def qwen() -> Member:
     _need("qwen2.5-coder-0.5b")
-    return load_member("qwen2.5-coder-0.5b", progress=False)
+    return load_member("qwen2.5-coder-0.5b,backend=transformers", progress=False)
 
 
 def test_single_member_equals_transformers_generate(smollm2: Member) -> None:
@@ -72,7 +66,7 @@ def test_reference_forced_and_opt(smollm2: Member, qwen: Member) -> None:
 
 def test_same_tokenizer_pair_weights_match_formula(qwen: Member) -> None:
     _need("qwen2.5-coder-1.5b")
-    big = load_member("qwen2.5-coder-1.5b", progress=False)
+    big = load_member("qwen2.5-coder-1.5b,backend=transformers", progress=False)
     engine = PackEngine([qwen, big])
     assert engine.shared_vocabulary
     event = engine.weights(CODE)

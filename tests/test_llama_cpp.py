@@ -1,0 +1,142 @@
+"""The llama.cpp backend on a tiny float32 GGUF file (the same weights transformers reads).
+
+Both backends read the same float32 tensors here, so they must agree to rounding; what
+llama.cpp adds (its own KV cache, rollback by truncation, forks, a context that grows)
+is checked against fresh prefills. The real quantized models are in
+``tests/integration/test_backends_real.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from packllm_integrations import (
+    ConfigError,
+    Member,
+    MemberSpec,
+    ModelLoadError,
+    ModelNotFoundError,
+    PackEngine,
+    PackLLMError,
+    TextEvent,
+    load_member,
+)
+
+pytest.importorskip("llama_cpp")
+
+from packllm_integrations.backends.llama_cpp import LlamaCppMember  # noqa: E402
+
+TOL = 2e-3  # float32 in both; llama.cpp sums in another order
+ROWS = ["def add(a, b):\n    return a + b", "The value of the", "import os\nimport sys\n\ndef main(x, y, z):"]
+
+
+@pytest.fixture(scope="module")
+def cpp(tiny_gguf) -> LlamaCppMember:
+    return load_member(f"{tiny_gguf},backend=llama.cpp", progress=False)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_gguf) -> Member:
+    return load_member(f"{tiny_gguf},backend=transformers,name=hf", progress=False)  # type: ignore[return-value]
+
+
+def _logits(member, ids: list[int]) -> torch.Tensor:
+    return member.scores(member.prefill([ids]).row(0)).float()
+
+
+def test_auto_is_transformers_unless_the_environment_says_llama_cpp(cpp, tiny_gguf, tiny_folder, monkeypatch):
+    assert isinstance(cpp, LlamaCppMember) and cpp.name == "tiny-llama"
+    assert cpp.parameter_bytes > 0 and cpp.identity["dtype"] == "gguf"
+    monkeypatch.delenv("PACKLLM_BACKEND", raising=False)
+    assert MemberSpec(str(tiny_gguf)).resolved_backend() == "transformers"
+    monkeypatch.setenv("PACKLLM_BACKEND", "llama.cpp")
+    assert MemberSpec(str(tiny_gguf), threads=1).resolved_backend() == "llama.cpp"
+    assert isinstance(load_member(str(tiny_gguf), progress=False), LlamaCppMember)
+    assert MemberSpec(str(tiny_gguf), dtype="bfloat16").resolved_backend() == "transformers"
+    assert MemberSpec(str(tiny_folder)).resolved_backend() == "transformers"  # not a GGUF
+    monkeypatch.setenv("PACKLLM_BACKEND", "onnx")
+    with pytest.raises(ConfigError, match="PACKLLM_BACKEND"):
+        MemberSpec(str(tiny_gguf)).resolved_backend()
+
+
+def test_prefill_agrees_with_transformers_on_the_same_file(cpp, hf) -> None:
+    for text in ROWS:
+        ids = hf.encode(text)
+        assert cpp.encode(text) == ids
+        assert torch.allclose(_logits(cpp, ids), _logits(hf, ids), atol=TOL)
+
+
+def test_a_batch_equals_each_row_alone(cpp) -> None:
+    rows = [cpp.encode(t) for t in ROWS]
+    batch = cpp.prefill(rows)
+    for b, ids in enumerate(rows):
+        assert torch.allclose(batch.row(b, len(ids)), _logits(cpp, ids), atol=1e-4)
+
+
+def test_steps_crops_and_forks_equal_fresh_prefills(cpp) -> None:
+    rows = [cpp.encode(t) for t in ROWS[:2]]
+    pre = cpp.prefill(rows, rollback=True)
+    stepped = cpp.step(pre.cache, [5, 7])
+    for b, (ids, t) in enumerate(zip(rows, [5, 7], strict=True)):
+        assert torch.allclose(stepped[b], _logits(cpp, ids + [t])[-1], atol=1e-4)
+    fork = cpp.fork(pre.cache, 0)
+    cpp.crop(pre.cache, 0, len(rows[0]) - 3)  # natural alignment's rollback: three ids back, then others
+    again = cpp.extend(pre.cache, {0: [9, 10, 11, 12]})[0]
+    assert torch.allclose(again, _logits(cpp, rows[0][:-3] + [9, 10, 11, 12])[-4:], atol=1e-4)
+    forked = cpp.step(fork, [8])  # the fork kept the row as it was before the crop
+    assert torch.allclose(forked[0], _logits(cpp, rows[0] + [5, 8])[-1], atol=1e-4)
+
+
+def test_a_context_grows_when_forked_rows_outgrow_its_cells(cpp) -> None:
+    rows = [cpp.encode("The value of the"), cpp.encode("def f(x):")]
+    pre = cpp.prefill(rows, rollback=True)  # room for two rows and a fork of each
+    first = pre.cache.context.cells
+    forks = [cpp.fork(pre.cache, b) for b in range(2)]
+    fed = [3 + i % 50 for i in range(200)]  # four rows of 200 new ids: more than the first cells
+    for t in fed:
+        mine = cpp.step(pre.cache, [t, t + 2])
+        theirs = [cpp.step(fork, [t + 1])[0] for fork in forks]
+    assert pre.cache.context.cells > first and all(f.context is pre.cache.context for f in forks)
+    for b, ids in enumerate(rows):
+        assert torch.allclose(mine[b], _logits(cpp, ids + [t + 2 * b for t in fed])[-1], atol=1e-3)
+        assert torch.allclose(theirs[b], _logits(cpp, ids + [t + 1 for t in fed])[-1], atol=1e-3)
+
+
+def test_a_row_longer_than_the_window_is_a_typed_error(cpp) -> None:
+    pre = cpp.prefill([cpp.encode("The value")])
+    with pytest.raises(PackLLMError, match="context is full"):
+        for _ in range(cpp.context_window):
+            cpp.step(pre.cache, [5])
+
+
+def test_a_pack_generates_the_same_text_with_either_backend(cpp, hf, sp) -> None:
+    prompts = ["The value of the", "def main(x):"]
+    with_cpp = PackEngine([cpp, sp], progress=False, max_new_tokens=24, alignment="natural")
+    with_hf = PackEngine([hf, sp], progress=False, max_new_tokens=24, alignment="natural")
+    a, b = with_cpp.generate_batch(prompts), with_hf.generate_batch(prompts)
+    assert [r.text for r in a] == [r.text for r in b] and all(r.text for r in a)
+    for x, y in zip(a, b, strict=True):
+        assert x.weights["tiny-llama"] == pytest.approx(y.weights["hf"], abs=1e-3)
+    streamed = "".join(e.text for e in with_cpp.stream(prompts[0]) if isinstance(e, TextEvent))
+    assert streamed == a[0].text
+    scored = with_cpp.score([("The value of the", " end"), ("The value of the", " start")])
+    assert all(s.logprob < 0 for s in scored)
+
+
+def test_bad_specs_are_typed_errors(tmp_path, tiny_folder) -> None:
+    with pytest.raises(ModelNotFoundError, match="missing.gguf"):
+        load_member(f"{tmp_path / 'missing.gguf'},backend=llama.cpp", progress=False)
+    with pytest.raises(ConfigError, match="backend"):
+        load_member(f"{tiny_folder},backend=llama.cpp", progress=False)
+    with pytest.raises(ConfigError, match="threads"):
+        load_member("smollm2-135m,threads=0", progress=False)
+    with pytest.raises(ConfigError, match="backend"):
+        load_member("smollm2-135m,backend=onnx", progress=False)
+
+
+def test_a_file_llama_cpp_cannot_read_is_a_load_error(tmp_path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(ModelLoadError, match="broken.gguf"):
+        load_member(f"{bad},backend=llama.cpp", progress=False)
