@@ -14,6 +14,7 @@ from .catalog import CATALOG, DEFAULT_PACK
 from .config import GenerationConfig
 from .engine import PackEngine, Prompt
 from .errors import (
+    BackendError,
     ConfigError,
     GenerationTimeoutError,
     MemberError,
@@ -29,6 +30,7 @@ from .loading import MemberSpec, load_member, load_pack
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendError",
     "CATALOG",
     "DEFAULT_PACK",
     "ConfigError",

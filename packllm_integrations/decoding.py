@@ -20,13 +20,14 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
 
 from .backends.base import Scores
 from .config import GenerationConfig
-from .errors import GenerationTimeoutError, MemberError, PackLLMError
+from .errors import BackendError, GenerationTimeoutError, MemberError, PackLLMError
 from .events import Event, FinishEvent, TextEvent, WeightsEvent
 from .faults import bad_rows, without_member
 from .fusion import fuse, in_reference
@@ -34,6 +35,7 @@ from .natural import BatchReader
 from .planning import Pack, Planned, plan_prompts, prompt_weights
 from .rows import Row
 from .sampling import sample
+from .stepping import Stepper
 from .stopping import Detokenizer, StopMatcher
 
 __all__ = ["Session"]
@@ -73,9 +75,16 @@ class Session:
         self.readers: list[BatchReader | None] = []  # per member reading its own tokenization
         self._width = 0  # the widest reference vocabulary of the batch (readers' scores)
         self.steps = 0  # tokens chosen so far (per row)
+        self._stepper = Stepper(len(self.members))  # steps members that wait on a server or a GPU
 
     def events(self) -> Iterator[Event]:
         """The whole request as events: weights per prompt, text pieces, then results."""
+        try:
+            yield from self._events()
+        finally:
+            self._stepper.close()
+
+    def _events(self) -> Iterator[Event]:
         yield from self.prefill()
         for row in self.rows:
             if row.max_tokens < 1:
@@ -98,9 +107,15 @@ class Session:
 
     # ---- prefill ------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def prefill(self) -> list[WeightsEvent]:
-        """Run every member once on the prompts; compute weights; return one event per prompt."""
+        """Run every member on the prompts and weigh them: one event per prompt (a backend failure fails)."""
+        try:
+            return self._prefill()
+        except BackendError as exc:
+            raise MemberError(exc.member, None, exc.reason, tuple(range(len(self.texts)))) from exc
+
+    @torch.inference_mode()
+    def _prefill(self) -> list[WeightsEvent]:
         pack, members, cfg = self.pack, self.members, self.config
         own_scoring, natural = cfg.scoring == "own", cfg.alignment == "natural"
         planned = plan_prompts(
@@ -249,28 +264,44 @@ class Session:
 
     @torch.inference_mode()
     def feed(self, tokens: list[int]) -> None:
-        """Give every member the chosen tokens (mapped to its vocabulary) and step it once."""
+        """Give every member the chosen tokens (mapped to its vocabulary) and step it once.
+
+        Members that wait on a server or a GPU step in threads (:mod:`~.stepping`)."""
         for row, t in zip(self.rows, tokens, strict=True):
             if row.read is not None and row.finish is None:
                 row.fed_ids.append(t)
                 row.read_text += row.read.add(t)
+        active = []
         for k in range(len(self.members)):
             if self.next[k] is None:
                 continue
             if not any(row.finish is None and float(row.weights[k]) > 0 for row in self.rows):
                 self.next[k] = self.caches[k] = None  # a member no prompt listens to stops here
                 continue
-            self.pack.checkpoint()
-            try:
-                self._step(k, tokens)
-            except (torch.OutOfMemoryError, PackLLMError):
-                raise  # retried by the host / already says what failed
-            except Exception as exc:  # the member's backend failed
-                self._fail(k, list(range(len(self.rows))), f"{type(exc).__name__}: {exc}", exc)
+            active.append(k)
+        self.pack.checkpoint()
+        calls = {k: partial(self._guarded_step, k, tokens) for k in active}
+        outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent})
+        for k, failure in outcomes.items():
+            if failure is not None:
+                self._fail(k, list(range(len(self.rows))), f"{type(failure).__name__}: {failure}", failure)
                 if not any(float(row.weights[k]) > 0 for row in self.rows if row.finish is None):
                     self.next[k] = self.caches[k] = None
                 continue
             self._check(k)
+
+    def _guarded_step(self, k: int, tokens: list[int]) -> BaseException | None:
+        """Step member k; its backend's failure is returned (the pack's own errors and OOM are raised)."""
+        try:
+            with torch.inference_mode():
+                self._step(k, tokens)
+        except (torch.OutOfMemoryError, PackLLMError) as exc:
+            if not isinstance(exc, BackendError):
+                raise  # retried by the host / already says what failed
+            return exc
+        except Exception as exc:  # the member's backend failed
+            return exc
+        return None
 
     def _step(self, k: int, tokens: list[int]) -> None:
         """Member k reads the chosen tokens: one step in lockstep, or its reader's re-tokenized text."""

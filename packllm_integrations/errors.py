@@ -12,6 +12,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelLoadError",
     "MemberError",
+    "BackendError",
     "GenerationTimeoutError",
 ]
 
@@ -81,6 +82,23 @@ class MemberError(PackLLMError, RuntimeError):
         where = "at the prefill" if step is None else f"at step {step}"
         which = f" (prompts {list(prompts)})" if prompts else ""
         super().__init__(f"member {member!r} failed {where}{which}: {reason}")
+
+
+class BackendError(PackLLMError, ConnectionError):
+    """A member's backend could not answer: a server's HTTP error, timeout or malformed response.
+
+    Attributes:
+        member: the member's name.
+        server: where it runs (a URL).
+        reason: what went wrong (never the API key).
+
+    During a request the session turns it into a :class:`MemberError` (or drops the member,
+    with ``on_member_error="drop"``).
+    """
+
+    def __init__(self, member: str, server: str, reason: str) -> None:
+        self.member, self.server, self.reason = member, server, reason
+        super().__init__(f"member {member!r} at {server}: {reason}")
 
 
 class GenerationTimeoutError(PackLLMError, TimeoutError):

@@ -24,7 +24,17 @@ PUBLIC = {
     "packllm_integrations.events",
     "packllm_integrations.loading",
 }
-TRANSFORMERS_OWNERS = {"packllm_integrations.backends.transformers", "packllm_integrations.loading"}
+# The loader and its GGUF helper (which builds a GGUF's tokenizer) use transformers too.
+TRANSFORMERS_OWNERS = {
+    "packllm_integrations.backends.transformers",
+    "packllm_integrations.loading",
+    "packllm_integrations.gguf_files",
+}
+# Each backend library belongs to its own backend module.
+LIBRARY_OWNERS = {
+    "llama_cpp": "packllm_integrations.backends.llama_cpp",
+    "httpx": "packllm_integrations.backends.remote",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -141,6 +151,12 @@ def test_the_engine_and_the_host_import_no_framework(graph: dict[str, set[str]])
             continue  # the evaluation harness has an lm-eval adapter of its own
         frameworks = sorted(m for m in imported if m.split(".")[0] in ("langchain_core", "langchain", "llama_index"))
         assert not frameworks, f"{name} imports {frameworks}"
+
+
+def test_each_backend_library_is_imported_by_its_backend_only(graph: dict[str, set[str]]) -> None:
+    for library, owner in LIBRARY_OWNERS.items():
+        users = sorted(n for n, imported in graph.items() if any(m.split(".")[0] == library for m in imported))
+        assert users == [owner], f"{library} is imported by {users}; it belongs in {owner}"
 
 
 def test_no_package_file_is_over_about_300_lines() -> None:

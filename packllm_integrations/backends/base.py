@@ -131,6 +131,9 @@ class MemberBackend(ABC):
     context_window: int
     eos_token_ids: frozenset[int]
     tokenizer: Tokenizer
+    concurrent: bool = False
+    """Whether the member's steps wait on something other than this process's CPU (a server,
+    a GPU): the session then steps it in a thread, alongside the others."""
 
     # ---- facts -------------------------------------------------------------------------
 

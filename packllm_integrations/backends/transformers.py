@@ -120,6 +120,11 @@ class Member(MemberBackend):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def concurrent(self) -> bool:  # type: ignore[override]
+        """On a GPU the member steps in a thread (members on several devices run at once)."""
+        return self.device.type != "cpu"
+
     @cached_property
     def logits_width(self) -> int:
         """Number of columns of the model's logits (may exceed the tokenizer's length)."""

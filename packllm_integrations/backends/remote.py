@@ -1,0 +1,325 @@
+"""Remote members: a model on an OpenAI-compatible server, fused over its top-k candidates.
+
+The server computes; this process keeps, per row, the token ids the member has read, and
+asks the server for the top-k log-probabilities of the next token (``/v1/completions`` with
+``logprobs=k`` and ``max_tokens=1``). The member's tokenizer is loaded here (the same
+vocabulary as the served model, checked at connection), so the engine aligns ids as for
+any member; its scores are :class:`~.base.SparseScores`, densified with the floor
+documented there (the mass the set leaves, spread over the missing tokens).
+
+Two dialects, detected from ``/v1/models``:
+
+- **vLLM** (``owned_by == "vllm"``): prompts go as token ids, so the server reads exactly
+  the ids the engine chose; a prefill is one request per row with ``prompt_logprobs=k``
+  (the prompt's per-position top-k, plus the prompt token itself), and top-k sets come
+  back keyed by id (``return_tokens_as_token_ids``).
+- **generic** (llama.cpp's servers, others): prompts go as text (llama-cpp-python's server
+  refuses id prompts), the server re-tokenizes it; returned token strings are mapped back
+  to ids through the local tokenizer (an empty string, which is how llama-cpp-python shows
+  every special token, is taken as the end token). Special tokens get a logit bias of
+  -100: a sampled end token would end the completion with no log-probabilities at all,
+  and the bias only touches the sampling (the log-probabilities returned are the raw ones).
+  Prompt log-probabilities are not read from ``echo`` (llama-cpp-python's are shifted by
+  one position and slow); each prompt position is one next-token request, which the
+  server's prompt cache makes cheap (it reuses the longest common prefix of consecutive
+  prompts). A prompt token outside a position's top-k set is scored at the floor, so a
+  remote member's prompt perplexity is higher than the same model's in process (by how
+  much: ``benchmarks/results/backends.md``); vLLM's ``prompt_logprobs`` include the prompt
+  token itself and have no such cost.
+
+Requests for several rows go out concurrently through one connection pool per server;
+the session steps remote members in threads, so one step costs about the slowest
+member's round trip. Every failure is a :class:`~packllm_integrations.errors.BackendError`
+naming the member and the server; the API key (read from ``api_key_env``) is sent as a
+bearer token and never logged or shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from ..errors import BackendError, ModelLoadError
+from .base import MemberBackend, Prefill, SparseScores
+
+__all__ = ["RemoteMember"]
+
+_MAX_WORKERS = 8
+
+
+class RemoteMember(MemberBackend):
+    """A member served by an OpenAI-compatible server (see the module docstring).
+
+    Use :meth:`connect` (what ``load_member("openai:URL,...")`` calls): it reaches the
+    server, picks the model, detects the dialect and checks the vocabulary.
+    """
+
+    concurrent = True  # the session steps it in a thread: the server does the work
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        model: str,
+        tokenizer: Any,
+        top_k: int = 20,
+        timeout: float = 60.0,
+        api_key: str | None = None,
+        dialect: str = "generic",
+        context_window: int = 2048,
+    ) -> None:
+        import httpx
+
+        self.name, self.url, self.model, self.tokenizer = name, url.rstrip("/"), model, tokenizer
+        self.k, self.timeout, self.dialect, self.context_window = top_k, timeout, dialect, context_window
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=_MAX_WORKERS, max_keepalive_connections=_MAX_WORKERS)
+        self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
+        self._pool = ThreadPoolExecutor(_MAX_WORKERS, thread_name_prefix=f"packllm-{name}")
+        eos = tokenizer.eos_token_id
+        self.eos_token_ids = frozenset() if eos is None else frozenset({int(eos)})
+        self.requests = 0
+        self.server_adds_bos = False  # learnt by check_vocabulary
+
+    # ---- connecting ------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, spec: Any, tokenizer: Any) -> RemoteMember:
+        """Reach ``spec.url``, choose the model, detect the dialect, check the vocabulary."""
+        import httpx
+
+        url, where = spec.url.rstrip("/"), f"member {spec.display_name!r} at {spec.url}"
+        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            listed = httpx.get(f"{url}/models", headers=headers, timeout=spec.timeout)
+            listed.raise_for_status()
+            models = listed.json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{where}: cannot list the server's models ({_reason(exc)})") from None
+        ids = [str(m.get("id")) for m in models]
+        if spec.model:
+            if spec.model not in ids:
+                raise ModelLoadError(f"{where}: the server has no model {spec.model!r} (it has {ids})")
+            chosen = next(m for m in models if str(m.get("id")) == spec.model)
+        elif len(models) == 1:
+            chosen = models[0]
+        else:
+            raise ModelLoadError(f"{where}: the server has {len(ids)} models {ids}; name one with ',model=NAME'")
+        dialect = "vllm" if chosen.get("owned_by") == "vllm" else "generic"
+        window = int(chosen.get("max_model_len") or 0) or min(int(getattr(tokenizer, "model_max_length", 0)), 8192)
+        name = spec.name or str(chosen["id"])
+        member = cls(
+            name, url, str(chosen["id"]), tokenizer, spec.top_k, spec.timeout, api_key, dialect, window or 2048
+        )
+        member.check_vocabulary()
+        return member
+
+    def check_vocabulary(self) -> None:
+        """Raise :class:`ModelLoadError` when the server tokenizes a probe text otherwise than the local tokenizer."""
+        probe = "Vocabulary check: def f(x):\n    return x * 42  # ünïcode"
+        local = self.encode(probe)
+        root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+        if self.dialect == "vllm":
+            got = self._post(f"{root}/tokenize", {"model": self.model, "prompt": probe}).get("tokens")
+        else:
+            got = self._post(f"{root}/extras/tokenize", {"input": probe}).get("tokens")
+        bos = self.tokenizer.bos_token_id
+        sample = list(got) if got is not None else local  # without a tokenize endpoint: as the local tokenizer
+        self.server_adds_bos = bos is not None and bool(sample) and sample[0] == bos
+
+        def text_ids(ids: Sequence[int]) -> list[int]:  # servers differ in adding the BOS
+            return list(ids[1:] if ids and ids[0] == bos else ids)
+
+        if got is not None and text_ids(got) != text_ids(local):
+            raise ModelLoadError(
+                f"member {self.name!r} at {self.url}: the served model's vocabulary is not the local tokenizer's "
+                f"(a probe text gives ids {list(got)[:8]}... there, {local[:8]}... here); give ',tokenizer=' the "
+                "served model's own files"
+            )
+
+    # ---- facts -----------------------------------------------------------------------------
+
+    @property
+    def logits_width(self) -> int:
+        return len(self.tokenizer)
+
+    @cached_property
+    def identity(self) -> dict[str, str]:
+        return {"name": self.name, "model": f"{self.url}#{self.model}", "dtype": "remote"}
+
+    @cached_property
+    def _no_special_tokens(self) -> dict[str, float]:
+        """A logit bias that keeps the server from sampling special tokens (its log-probabilities stay raw)."""
+        return {str(i): -100.0 for i in sorted(set(self.tokenizer.all_special_ids))[:300]}
+
+    @cached_property
+    def _ids_of_pieces(self) -> dict[str, int]:
+        """Token text -> id, for servers that key top-k sets by text (ordinary tokens win ties)."""
+        table: dict[str, int] = {}
+        special = set(self.tokenizer.all_special_ids)
+        for i in range(len(self.tokenizer)):
+            piece = self.tokenizer.decode([i], skip_special_tokens=False)
+            if piece not in table or (table[piece] in special and i not in special):
+                table[piece] = i
+        return table
+
+    # ---- operations --------------------------------------------------------------------------
+
+    def prefill(
+        self, rows: Sequence[Sequence[int]], rollback: bool = False, checkpoint: Callable[[], None] | None = None
+    ) -> Prefill:
+        """Every position's top-k set of every row (one request per row with vLLM, per position otherwise)."""
+        rows = [[int(t) for t in r] for r in rows]
+        width = max(len(r) for r in rows)
+        if self.dialect == "vllm":
+            per_row = list(self._pool.map(self._prompt_sets, rows))
+        else:
+            per_row = []
+            for row in rows:
+                if checkpoint is not None:
+                    checkpoint()
+                per_row.append(
+                    torch.stack(list(self._pool.map(self._next_set, [row[: t + 1] for t in range(len(row))])))
+                )
+        states = torch.zeros(len(rows), width, 2 * self.k)
+        pads = [width - len(r) for r in rows]
+        for b, sets in enumerate(per_row):
+            states[b, pads[b] :] = sets
+        return Prefill(states=states, pads=pads, cache=[list(r) for r in rows])
+
+    def scores(self, states: torch.Tensor) -> SparseScores:
+        """The packed top-k sets of ``states`` [N, 2k] (ids, then log-probabilities)."""
+        return SparseScores(states[..., : self.k].long(), states[..., self.k :].float())
+
+    def step(self, cache: list[list[int]], ids: Sequence[int]) -> SparseScores:
+        for row, t in zip(cache, ids, strict=True):
+            row.append(int(t))
+        return self.scores(torch.stack(list(self._pool.map(self._next_set, [list(r) for r in cache]))))
+
+    def extend(self, cache: list[list[int]], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        out = {}
+        for b, fed in feeds.items():
+            start = len(cache[b])
+            cache[b].extend(int(t) for t in fed)
+            prefixes = [cache[b][: start + i + 1] for i in range(len(fed))]
+            out[b] = torch.stack(list(self._pool.map(self._next_set, prefixes)))
+        return out
+
+    def crop(self, cache: list[list[int]], row: int, length: int) -> None:
+        del cache[row][length:]
+
+    def fork(self, cache: list[list[int]], row: int) -> list[list[int]]:
+        return [list(cache[row])]
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    def _prompt_text(self, ids: Sequence[int]) -> str:
+        """The text a generic server reads for ``ids`` (a leading BOS is left to a server that adds its own)."""
+        lead = 1 if self.server_adds_bos and ids and ids[0] == self.tokenizer.bos_token_id else 0
+        return str(self.tokenizer.decode(list(ids[lead:]), skip_special_tokens=False))
+
+    def _next_set(self, ids: Sequence[int]) -> torch.Tensor:
+        """The packed top-k set [2k] of the token after ``ids``."""
+        body: dict[str, Any] = {"model": self.model, "max_tokens": 1, "logprobs": self.k, "temperature": 0.0}
+        if self.dialect == "vllm":
+            body.update(prompt=list(ids), return_tokens_as_token_ids=True)
+        else:  # a sampled end token would end the completion before its log-probabilities are sent
+            body.update(prompt=self._prompt_text(ids), logit_bias=self._no_special_tokens)
+        data = self._post(f"{self.url}/completions", body)
+        try:
+            top = data["choices"][0]["logprobs"]["top_logprobs"][0]
+            return self._pack(top)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BackendError(self.name, self.url, f"a malformed completion response ({_reason(exc)})") from None
+
+    def _prompt_sets(self, ids: Sequence[int]) -> torch.Tensor:
+        """vLLM: every position's packed set [L, 2k] from one request with ``prompt_logprobs``."""
+        body = {
+            "model": self.model,
+            "prompt": list(ids),
+            "max_tokens": 1,
+            "logprobs": self.k,
+            "prompt_logprobs": self.k,
+            "temperature": 0.0,
+            "return_tokens_as_token_ids": True,
+        }
+        data = self._post(f"{self.url}/completions", body)
+        try:
+            choice = data["choices"][0]
+            prompt = choice["prompt_logprobs"]  # [None, {id: {logprob, ...}}, ...]: position t predicts token t
+            sets = [self._pack({k: v["logprob"] for k, v in entry.items()}) for entry in prompt[1:]]
+            sets.append(self._pack(choice["logprobs"]["top_logprobs"][0]))
+            return torch.stack(sets)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise BackendError(self.name, self.url, f"a malformed prompt_logprobs response ({_reason(exc)})") from None
+
+    def _pack(self, top: Mapping[str, float]) -> torch.Tensor:
+        """A server's {token: logprob} as [ids(k), logprobs(k)], padded with distinct unused ids at the floor."""
+        found: dict[int, float] = {}
+        for key, value in top.items():
+            token = self._token_id(key)
+            if token is not None and math.isfinite(float(value)):
+                found[token] = max(float(value), found.get(token, -math.inf))
+        best = sorted(found.items(), key=lambda item: -item[1])[: self.k]
+        if not best:
+            raise ValueError("no known token in the top log-probabilities")
+        ids = [i for i, _ in best]
+        logprobs = torch.tensor([v for _, v in best], dtype=torch.float64)
+        if len(ids) < self.k:
+            floor = float(SparseScores(torch.tensor([ids]), logprobs[None].float()).floor(self.logits_width))
+            taken, spare = set(ids), iter(range(self.logits_width))
+            while len(ids) < self.k:
+                ids.append(next(i for i in spare if i not in taken))
+            logprobs = torch.cat([logprobs, torch.full((self.k - len(best),), floor, dtype=torch.float64)])
+        return torch.cat([torch.tensor(ids, dtype=torch.float32), logprobs.float()])
+
+    def _token_id(self, key: str) -> int | None:
+        if key.startswith("token_id:"):
+            token = int(key[len("token_id:") :])
+        elif self.dialect == "vllm" and key.lstrip("-").isdigit():
+            token = int(key)
+        elif key == "" and self.tokenizer.eos_token_id is not None:
+            return int(self.tokenizer.eos_token_id)  # llama.cpp's servers show special tokens as ""
+        else:
+            return self._ids_of_pieces.get(key)
+        return token if 0 <= token < self.logits_width else None
+
+    def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        self.requests += 1
+        try:
+            response = self._client.post(url, json=body)
+        except httpx.TimeoutException:
+            raise BackendError(self.name, self.url, f"no answer within timeout={self.timeout} s") from None
+        except httpx.HTTPError as exc:
+            raise BackendError(self.name, self.url, _reason(exc)) from None
+        if response.status_code == 404 and url.endswith("tokenize"):
+            return {}  # the server has no tokenize endpoint: the vocabulary is checked by use
+        if response.status_code >= 400:
+            raise BackendError(self.name, self.url, f"HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            data = response.json()
+        except json.JSONDecodeError:
+            raise BackendError(self.name, self.url, f"a response that is not JSON: {response.text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise BackendError(self.name, self.url, f"a response that is not a JSON object: {response.text[:200]!r}")
+        return data
+
+    def close(self) -> None:
+        """Close the connection pool and the request threads."""
+        self._client.close()
+        self._pool.shutdown(wait=False)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
