@@ -163,3 +163,10 @@ def test_command_line_entry_point(tiny_pack_folders, task_dir, tmp_path, monkeyp
     assert 0.0 <= saved["results"]["packllm_demo_mc"]["acc,none"] <= 1.0
     assert saved["config"]["model"] == "packllm"
     assert saved["config"]["packllm_weighting"] == "opt"
+
+
+def test_spec_options_may_be_joined_with_semicolons(tiny_pack_folders):
+    """lm-eval splits ``--model_args`` at commas, so a spec's options may use ``;``."""
+    first, second = tiny_pack_folders
+    lm = PackLM(models=f"{first};name=first+{second};name=second;dtype=float32", progress=False)
+    assert lm.engine.names == ["first", "second"]

@@ -18,8 +18,10 @@ own ``lm_eval.models`` module; it reads no entry points or plugins, so a plain
       from packllm_integrations.eval.lm_eval_adapter import PackLM
       lm_eval.simple_evaluate(model=PackLM(engine=engine), tasks=["packllm_demo_mc"], ...)
 
-Model arguments (``--model_args``): ``models`` (member specs joined with ``+``; default: the
-default pack), ``weighting``, ``weights`` (joined with ``:``), ``tau``, ``reference``,
+Model arguments (``--model_args``): ``models`` (member specs joined with ``+``, their own
+options joined with ``;`` because lm-eval splits its arguments at commas, e.g.
+``models=qwen2.5-coder-0.5b;backend=llama.cpp+openai:http://127.0.0.1:8080/v1;tokenizer=smollm2-135m``;
+default: the default pack), ``weighting``, ``weights`` (joined with ``:``), ``tau``, ``reference``,
 ``scoring``, ``alignment``, ``weights_on`` (``context`` or ``full``), ``window_chars`` and ``context_chars`` (rolling
 log-likelihood windows), ``max_gen_toks``; lm-eval's ``--batch_size`` is honoured.
 
@@ -62,7 +64,8 @@ class PackLM(LM):
     """lm-eval's ``LM`` over a :class:`~packllm_integrations.PackEngine`.
 
     Args:
-        models: member specs joined with ``+`` (ignored when ``engine`` is given).
+        models: member specs joined with ``+``, a spec's options joined with ``,`` or ``;``
+            (ignored when ``engine`` is given).
         engine: an already built engine (Python use; shares loaded members).
         weighting, weights, tau, reference, scoring, alignment: the fusion config (see
             :class:`~packllm_integrations.GenerationConfig`); ``weights`` may be a string
@@ -114,7 +117,9 @@ class PackLM(LM):
         }
         check_settings(overrides)  # fail on a bad setting before loading any model
         rolling_windows("", window_chars, context_chars)  # checks both sizes
-        specs = models.split("+") if models and engine is None else None  # models are ignored beside an engine
+        specs = None  # models are ignored beside an engine; lm-eval's commas split specs' options
+        if models and engine is None:
+            specs = [spec.replace(";", ",") for spec in models.split("+")]
         engine = load_engine(specs, engine, overrides, progress=progress)
         self.engine = engine
         self.config = engine.resolve(**overrides)
