@@ -83,9 +83,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(self.status, self.completion)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client that hung up early (a failed request)
+        pass
+
+
 @pytest.fixture
 def broken_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {}))
+    server = _QuietServer(("127.0.0.1", 0), type("Handler", (_Handler,), {}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
