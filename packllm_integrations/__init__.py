@@ -12,10 +12,12 @@ Example:
 from .backends import Member, MemberBackend, SparseScores
 from .catalog import CATALOG, DEFAULT_PACK
 from .config import GenerationConfig
+from .constraints import Constraint
 from .engine import PackEngine, Prompt
 from .errors import (
     BackendError,
     ConfigError,
+    ConstraintError,
     GenerationTimeoutError,
     MemberError,
     ModelLoadError,
@@ -34,6 +36,8 @@ __all__ = [
     "CATALOG",
     "DEFAULT_PACK",
     "ConfigError",
+    "Constraint",
+    "ConstraintError",
     "FinishEvent",
     "GenerationConfig",
     "GenerationResult",

@@ -15,10 +15,11 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .catalog import CATALOG, DEFAULT_PACK, is_installed
-from .errors import PackLLMError, PromptError
+from .errors import ConfigError, PackLLMError, PromptError
 from .weighting import STRATEGIES
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=None, metavar="STR", help="a stop string (repeatable)")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated (with --json: JSON lines)")
+    shape = gen.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", metavar="FILE", help="output JSON valid against the JSON Schema in FILE")
+    shape.add_argument("--regex", metavar="PATTERN", help="output that matches the regular expression")
+    shape.add_argument("--grammar", metavar="FILE", help="output in the language of the Lark grammar in FILE")
     gen.set_defaults(func=_generate)
 
     weights = sub.add_parser("weights", help="show a prompt's fusion weights and prompt perplexities")
@@ -129,8 +134,8 @@ def _generate(args: argparse.Namespace) -> int:
     from .events import FinishEvent, TextEvent, WeightsEvent
     from .host import weights_metadata
 
+    prompt, overrides = _prompt(args), {**_overrides(args), "constraint": _constraint(args)}
     engine = _engine(args)
-    prompt, overrides = _prompt(args), _overrides(args)
     if not args.stream:
         result = engine.generate(prompt, **overrides)
         if args.json:
@@ -154,6 +159,23 @@ def _generate(args: argparse.Namespace) -> int:
         elif isinstance(event, FinishEvent):
             print(flush=True)
     return 0
+
+
+def _constraint(args: argparse.Namespace) -> Any:
+    """The constraint of ``--json-schema``, ``--regex`` or ``--grammar`` (None: free text)."""
+    from .constraints import Constraint
+
+    if args.regex is not None:
+        return Constraint.regex(args.regex)
+    for option, make in (("json_schema", Constraint.json_schema), ("grammar", Constraint.lark)):
+        path = getattr(args, option)
+        if path is not None:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(option, path, f"a readable UTF-8 file ({exc})") from None
+            return make(text)
+    return None
 
 
 def _weights(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .constraints import Constraint
 from .errors import ConfigError
 from .weighting import STRATEGIES
 
@@ -88,6 +89,12 @@ class GenerationConfig:
         "leaves the request, the others' weights are renormalised, and the result's 'dropped' says so; the "
         "reference member of a prompt cannot be dropped).",
     )
+    constraint: Constraint | None = _setting(
+        None,
+        "What the output must match: a Constraint (Constraint.json_schema(...), .regex(...), .lark(...)); "
+        "every step's fused distribution is masked by it, and finish_reason 'stop' means the output is complete. "
+        "None: free text.",
+    )
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -134,6 +141,10 @@ class GenerationConfig:
             raise ConfigError("on_member_error", self.on_member_error, "'raise' or 'drop'")
         if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
             raise ConfigError("reference", self.reference, "a member name or None")
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise ConfigError("constraint", self.constraint, "a Constraint (Constraint.json_schema(...), ...) or None")
+        if self.constraint is not None and self.stop:
+            raise ConfigError("stop", self.stop, "no stop strings with a constraint (the grammar decides the end)")
 
     def merged(self, **overrides: Any) -> GenerationConfig:
         """A copy with ``overrides`` applied (None values are ignored); unknown names raise."""

@@ -7,7 +7,7 @@ matcher. Nothing is shared between sessions; streaming and non-streaming use thi
 
     prefill                      every member reads the prompts; weights per prompt
     repeat until every row ends:
-        choose                   fuse the members' scores, pick each row's next token
+        choose                   fuse the members' scores (masked by a constraint), pick each row's next token
         accept                   text, stop strings, end of sequence, length
         feed                     every member reads the chosen tokens (one step)
 
@@ -27,6 +27,7 @@ import torch
 
 from .backends.base import Scores
 from .config import GenerationConfig
+from .constraints import Grammars, mask
 from .errors import BackendError, GenerationTimeoutError, MemberError, PackLLMError
 from .events import Event, FinishEvent, TextEvent, WeightsEvent
 from .faults import bad_rows, without_member
@@ -44,11 +45,9 @@ __all__ = ["Session"]
 class Session:
     """One request: a batch of prompts decoded together, each with its own weights.
 
-    ``texts[b][k]`` is prompt b as member k reads it; ``fixed_reference`` the index of a
-    configured reference member (None: chosen per prompt). With ``timeout`` (seconds from
-    now), every forward pass first checks the deadline and raises
-    :class:`~.errors.GenerationTimeoutError` past it.
-    """
+    ``texts[b][k]``: prompt b as member k reads it; ``fixed_reference``: a configured
+    reference member's index (None: per prompt); ``timeout``: seconds from now, checked
+    before every forward pass (:class:`~.errors.GenerationTimeoutError`)."""
 
     def __init__(
         self,
@@ -57,6 +56,7 @@ class Session:
         config: GenerationConfig,
         fixed_reference: int | None,
         timeout: float | None = None,
+        grammars: Grammars | None = None,
     ) -> None:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -66,6 +66,7 @@ class Session:
         self.texts = texts
         self.config = config
         self.fixed_reference = fixed_reference
+        self.grammars = grammars or Grammars()  # compiled per tokenizer (the engine keeps one)
         self.generator: torch.Generator | None = None
         if config.temperature > 0 and config.seed is not None:
             self.generator = torch.Generator().manual_seed(config.seed)
@@ -142,6 +143,7 @@ class Session:
                 max_tokens=min(cfg.max_new_tokens, limit - len(plan.ref_ids)),
                 texts=self.texts[b],
                 read=Detokenizer(ref.tokenizer, plan.ref_ids) if any(reading) else None,
+                matcher=None if cfg.constraint is None else self.grammars.matcher(ref, cfg.constraint),
             )
             for k in range(len(members)):
                 if nll[k] is not None and not math.isfinite(nll[k]):
@@ -257,16 +259,15 @@ class Session:
             groups.setdefault(row.plan.reference, []).append(row.index)
         cfg = self.config
         for r, rows in groups.items():
-            picked = sample(self.fused(rows, r), cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
+            fused = mask(self.fused(rows, r), [self.rows[b].matcher for b in rows], self.steps)
+            picked = sample(fused, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
             for b, t in zip(rows, picked.tolist(), strict=True):
                 tokens[b] = int(t)
         return tokens
 
     @torch.inference_mode()
     def feed(self, tokens: list[int]) -> None:
-        """Give every member the chosen tokens (mapped to its vocabulary) and step it once.
-
-        Members that wait on a server or a GPU step in threads (:mod:`~.stepping`)."""
+        """Every member reads the chosen tokens and steps once (those waiting on a server or GPU in threads)."""
         for row, t in zip(self.rows, tokens, strict=True):
             if row.read is not None and row.finish is None:
                 row.fed_ids.append(t)

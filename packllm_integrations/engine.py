@@ -17,6 +17,7 @@ from typing import Any
 from .alignment import VocabMap
 from .backends.base import MemberBackend
 from .config import GenerationConfig
+from .constraints import Grammars
 from .decoding import Session
 from .errors import ConfigError, PromptError
 from .events import Event, GenerationResult, ScoreResult, WeightsEvent, collect_results
@@ -74,6 +75,7 @@ class PackEngine:
         self._lock = threading.Lock()
         self._fingerprints = [m.tokenizer_fingerprint for m in members]
         self._pack = Pack(self.members, self.vocab_map, self.projection)
+        self._grammars = Grammars()  # constraints' compiled tokenizers, per vocabulary
         _check_config(config)
         self.config = self._checked((config or GenerationConfig()).merged(**overrides))
 
@@ -201,7 +203,7 @@ class PackEngine:
         cfg = self.resolve(config, **overrides)
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ConfigError("timeout", timeout, "a number of seconds > 0, or None")
-        return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg), timeout)
+        return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg), timeout, self._grammars)
 
     # ---- generation -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ __all__ = [
     "MemberError",
     "BackendError",
     "GenerationTimeoutError",
+    "ConstraintError",
 ]
 
 
@@ -108,3 +109,7 @@ class GenerationTimeoutError(PackLLMError, TimeoutError):
         self.timeout = timeout
         self.partial = dict(partial or {})
         super().__init__(f"generation took longer than timeout={timeout} s")
+
+
+class ConstraintError(PackLLMError, RuntimeError):
+    """A constraint left no token the pack can produce, or its grammar refused a chosen token."""

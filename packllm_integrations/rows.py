@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .constraints import RowMatcher
 from .events import GenerationResult, Usage, WeightsEvent
 from .planning import PromptPlan
 from .stopping import Detokenizer, StopMatcher
@@ -38,15 +39,23 @@ class Row:
     read_text: str = ""
     fed_ids: list[int] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # member -> why (on_member_error="drop")
+    matcher: RowMatcher | None = None  # the constraint's state (GenerationConfig.constraint)
 
     def accept(self, token: int, eos_token_ids: Collection[int]) -> str:
-        """Record ``token`` (``eos_token_ids``: the reference member's); return the text that may be emitted now."""
+        """Record ``token`` (``eos_token_ids``: the reference member's); return the text that may be emitted now.
+
+        Under a constraint, an end token (allowed only where the grammar is complete) and a
+        grammar that admits nothing more both end the row with ``"stop"``."""
         self.generated += 1
+        complete = self.matcher is not None and self.matcher.advance(token)
         if token in eos_token_ids:
-            self.finish = "eos"
+            self.finish = "eos" if self.matcher is None else "stop"
             return self.stops.push(self.detok.flush()) + self.stops.flush()
         text = self.stops.push(self.detok.add(token))
-        if self.stops.stopped:
+        if complete:
+            self.finish = "stop"
+            text += self.stops.push(self.detok.flush()) + self.stops.flush()
+        elif self.stops.stopped:
             self.finish = "stop"
         elif self.generated >= self.max_tokens:
             self.finish = "length"

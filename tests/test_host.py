@@ -52,7 +52,8 @@ def engine() -> PackEngine:
 
 
 def test_the_table_has_every_engine_setting_in_order():
-    assert [s.name for s in SETTINGS] == [f.name for f in fields(GenerationConfig)]
+    per_request = {"constraint"}  # a request's own (a call's structured output), not a field of a host's model
+    assert [s.name for s in SETTINGS] == [f.name for f in fields(GenerationConfig) if f.name not in per_request]
     assert all(s.doc.strip() and s.doc.endswith(".") for s in SETTINGS)
 
 

@@ -34,6 +34,7 @@ TRANSFORMERS_OWNERS = {
 LIBRARY_OWNERS = {
     "llama_cpp": "packllm_integrations.backends.llama_cpp",
     "httpx": "packllm_integrations.backends.remote",
+    "llguidance": "packllm_integrations.constraints",
 }
 
 

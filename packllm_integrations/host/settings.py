@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("alignment", str),
     Setting("on_member_error", str),
 )
-"""Every generation setting, in the order hosts list them."""
+"""Every generation setting, in the order hosts list them (``constraint`` is left out: it belongs
+to one request, not to a host's model, and reaches the engine through the engine's API)."""
 
 
 def host_names(host: str) -> dict[str, str]:

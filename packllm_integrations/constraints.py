@@ -1,0 +1,197 @@
+"""Constrained decoding: the fused distribution masked by a grammar at every step.
+
+A :class:`Constraint` (a JSON Schema, a regular expression or a Lark grammar) goes into
+``GenerationConfig.constraint``. Each prompt of a request gets a matcher over its
+reference member's tokenizer (llguidance: a compiled token mask per step, made for
+exactly this); before each token is chosen, the tokens the grammar does not allow next
+get a fused score of ``-inf``, in greedy and sampled decoding alike. End-of-sequence is
+allowed only where the grammar is complete. The output ends with ``finish_reason="stop"``
+when the grammar is complete (by an end token or because nothing more may follow);
+``"length"`` means ``max_new_tokens`` cut it before that, so it need not parse.
+
+Compiled tokenizers are kept per engine (building one takes up to about a second for a
+262k vocabulary); a grammar the library cannot compile (an unsupported schema feature)
+is a :class:`~packllm_integrations.errors.ConfigError` naming ``constraint``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, ConstraintError
+
+__all__ = ["Constraint", "Grammars", "RowMatcher", "mask"]
+
+KINDS = ("json_schema", "regex", "lark")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the output must match. Build one with the class methods.
+
+    Example:
+        >>> Constraint.regex(r"(yes|no)").kind
+        'regex'
+        >>> Constraint.json_schema({"type": "object", "properties": {"n": {"type": "integer"}}}).kind
+        'json_schema'
+    """
+
+    kind: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError("constraint", self.kind, f"a constraint kind, one of {list(KINDS)}")
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError("constraint", self.source, "a non-empty schema, pattern or grammar")
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any] | str | type) -> Constraint:
+        """Output that is JSON valid against ``schema`` (a dict, its JSON text, or a pydantic model class)."""
+        if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+            schema = schema.model_json_schema()
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as exc:
+                raise ConfigError("constraint", schema[:80], f"a JSON Schema in JSON ({exc})") from None
+        if not isinstance(schema, Mapping):
+            raise ConfigError("constraint", schema, "a JSON Schema (a dict, its JSON text or a pydantic model)")
+        return cls("json_schema", json.dumps(_closed(schema)))  # key order kept: the output follows it
+
+    @classmethod
+    def json(cls) -> Constraint:
+        """Any JSON object."""
+        return cls.json_schema({"type": "object"})
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        """Output that matches the regular expression ``pattern`` as a whole."""
+        return cls("regex", pattern)
+
+    @classmethod
+    def lark(cls, grammar: str) -> Constraint:
+        """Output in the language of a Lark context-free grammar (llguidance's dialect; start rule ``start``)."""
+        return cls("lark", grammar)
+
+    def grammar(self) -> str:
+        """The llguidance grammar of this constraint."""
+        from llguidance import LLMatcher
+
+        if self.kind == "json_schema":
+            return LLMatcher.grammar_from_json_schema(self.source, defaults=_JSON_LAYOUT)
+        if self.kind == "regex":
+            return LLMatcher.grammar_from_regex(self.source)
+        return LLMatcher.grammar_from_lark(self.source)
+
+
+_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""JSON as ``json.dumps`` writes it: no free whitespace for a model to wander in."""
+
+
+def _closed(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` wherever an object lists its properties and says nothing.
+
+    What matches the closed schema matches the original (it is a subset), and a model is
+    kept from adding keys of its own after the ones asked for.
+    """
+    if isinstance(schema, Mapping):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+class Grammars:
+    """One engine's compiled tokenizers (by fingerprint) and checked grammars."""
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[str, Any] = {}
+        self._checked: set[tuple[str, Constraint]] = set()
+        self._lock = threading.Lock()
+
+    def _tokenizer(self, member: Any) -> Any:
+        key = member.tokenizer_fingerprint
+        with self._lock:
+            if key not in self._tokenizers:
+                import llguidance.hf
+
+                try:
+                    ll = llguidance.hf.from_tokenizer(
+                        member.tokenizer, n_vocab=member.vocab_size, eos_token=sorted(member.eos_token_ids)
+                    )
+                except ValueError as exc:
+                    raise ConfigError(
+                        "constraint", member.name, f"a member with a fast (Rust) tokenizer ({exc})"
+                    ) from None
+                self._tokenizers[key] = ll
+            return self._tokenizers[key]
+
+    def matcher(self, member: Any, constraint: Constraint) -> RowMatcher:
+        """A fresh matcher of ``constraint`` over ``member``'s vocabulary."""
+        from llguidance import LLMatcher
+
+        tokenizer = self._tokenizer(member)
+        grammar = constraint.grammar()
+        key = (member.tokenizer_fingerprint, constraint)
+        if key not in self._checked:
+            error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+            if error:
+                raise ConfigError("constraint", constraint.source[:200], f"a grammar llguidance takes: {messages[0]}")
+            self._checked.add(key)
+        matcher = LLMatcher(tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            reason = matcher.get_error()
+            raise ConfigError("constraint", constraint.source[:200], f"a grammar llguidance takes: {reason}")
+        return RowMatcher(matcher, member.vocab_size)
+
+
+class RowMatcher:
+    """One prompt's grammar state: the mask of its next token, and the tokens chosen so far."""
+
+    def __init__(self, matcher: Any, width: int) -> None:
+        self.matcher, self.width = matcher, width
+
+    def allowed(self) -> torch.Tensor:
+        """The tokens the grammar allows next: a bool tensor [width]."""
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little")[: self.width].astype(bool)
+        if allowed.shape[0] < self.width:
+            allowed = np.concatenate([allowed, np.zeros(self.width - allowed.shape[0], dtype=bool)])
+        return torch.from_numpy(allowed)
+
+    def advance(self, token: int) -> bool:
+        """Record the chosen token; True when the grammar is complete and nothing more may follow."""
+        if not self.matcher.consume_token(int(token)):
+            raise ConstraintError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+        return bool(self.matcher.is_stopped())
+
+    @property
+    def complete(self) -> bool:
+        """Whether the output so far is a whole sentence of the grammar."""
+        return bool(self.matcher.is_accepting())
+
+
+def mask(fused: torch.Tensor, matchers: Sequence[RowMatcher | None], step: int) -> torch.Tensor:
+    """``fused`` [G, W] with each row's disallowed tokens at ``-inf`` (rows without a matcher unchanged)."""
+    for i, m in enumerate(matchers):
+        if m is None:
+            continue
+        allowed = m.allowed()
+        width = min(allowed.shape[0], fused.shape[1])
+        keep = torch.zeros(fused.shape[1], dtype=torch.bool)
+        keep[:width] = allowed[:width]
+        fused[i].masked_fill_(~keep.to(fused.device), float("-inf"))
+        if not bool(torch.isfinite(fused[i]).any()):
+            raise ConstraintError(f"at step {step}, the constraint allows no token the pack can produce")
+    return fused
