@@ -187,11 +187,7 @@ def mask(fused: torch.Tensor, matchers: Sequence[RowMatcher | None], step: int) 
     for i, m in enumerate(matchers):
         if m is None:
             continue
-        allowed = m.allowed()
-        width = min(allowed.shape[0], fused.shape[1])
-        keep = torch.zeros(fused.shape[1], dtype=torch.bool)
-        keep[:width] = allowed[:width]
-        fused[i].masked_fill_(~keep.to(fused.device), float("-inf"))
+        fused[i].masked_fill_(~m.allowed().to(fused.device), float("-inf"))  # both: the reference's vocab_size
         if not bool(torch.isfinite(fused[i]).any()):
             raise ConstraintError(f"at step {step}, the constraint allows no token the pack can produce")
     return fused

@@ -81,6 +81,7 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> MemberBackend:
     elif not isinstance(spec, MemberSpec):
         raise ConfigError("model", spec, "a string or a MemberSpec")
     backend = spec.resolved_backend()
+    spec.check_backend_options(backend)
     if backend == "openai":
         from .backends.remote import RemoteMember
 

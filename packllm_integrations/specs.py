@@ -92,6 +92,14 @@ class MemberSpec:
         if self.backend == "openai":
             self._check_remote()
             return
+        remote = {"tokenizer": self.tokenizer, "api_key_env": self.api_key_env}
+        remote |= {
+            "top_k": None if self.top_k == 20 else self.top_k,
+            "timeout": None if self.timeout == 60.0 else self.timeout,
+        }
+        for name, value in remote.items():
+            if value is not None:
+                raise ConfigError(name, value, "nothing for a local member (it is a served member's option)")
         if self.url is not None:
             raise ConfigError("url", self.url, "no url for a local member (backend='openai' reads a server)")
         try:
@@ -106,7 +114,25 @@ class MemberSpec:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model", self.model, "a catalog name, a model folder, a .gguf file or a hub id")
 
+    def check_backend_options(self, backend: str) -> None:
+        """Refuse the options the resolved ``backend`` would ignore (called by the loader)."""
+        if backend != "llama.cpp" and self.threads is not None:
+            raise ConfigError(
+                "threads", self.threads, "None unless backend='llama.cpp' (transformers uses torch's threads)"
+            )
+        if backend == "llama.cpp" and self.dtype != "float32":
+            raise ConfigError(
+                "dtype", self.dtype, "the default for backend='llama.cpp' (it reads the GGUF's own types)"
+            )
+        if backend == "llama.cpp" and self.device != "cpu":
+            raise ConfigError("device", self.device, "'cpu' for backend='llama.cpp' (its members run on the CPU)")
+
     def _check_remote(self) -> None:
+        for name, value, default in (("device", self.device, "cpu"), ("dtype", self.dtype, "float32")):
+            if value != default:
+                raise ConfigError(name, value, f"the default {default!r} for a served member (the server decides)")
+        if self.threads is not None:
+            raise ConfigError("threads", self.threads, "None for a served member (the server decides)")
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ConfigError("url", self.url, "a server's base URL such as 'http://127.0.0.1:8080/v1'")
         if not isinstance(self.model, str):

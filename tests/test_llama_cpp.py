@@ -133,6 +133,10 @@ def test_bad_specs_are_typed_errors(tmp_path, tiny_folder) -> None:
         load_member("smollm2-135m,threads=0", progress=False)
     with pytest.raises(ConfigError, match="backend"):
         load_member("smollm2-135m,backend=onnx", progress=False)
+    with pytest.raises(ConfigError, match="threads"):  # transformers would ignore it
+        load_member("smollm2-135m,backend=transformers,threads=2", progress=False)
+    with pytest.raises(ConfigError, match="dtype"):  # llama.cpp reads the GGUF's own types
+        load_member("smollm2-135m,backend=llama.cpp,dtype=bfloat16", progress=False)
 
 
 def test_a_file_llama_cpp_cannot_read_is_a_load_error(tmp_path) -> None:

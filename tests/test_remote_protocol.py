@@ -52,6 +52,21 @@ def test_bad_remote_specs_name_the_parameter(text: str, parameter: str) -> None:
     assert caught.value.parameter == parameter
 
 
+@pytest.mark.parametrize(
+    ("fields", "parameter"),
+    [
+        ({"backend": "openai", "url": "http://h:1/v1", "tokenizer": "t", "dtype": "bfloat16"}, "dtype"),
+        ({"backend": "openai", "url": "http://h:1/v1", "tokenizer": "t", "threads": 2}, "threads"),
+        ({"tokenizer": "smollm2-135m"}, "tokenizer"),
+        ({"top_k": 50}, "top_k"),
+    ],
+)
+def test_options_another_backend_would_ignore_are_refused(fields: dict, parameter: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        MemberSpec("smollm2-135m", **fields)
+    assert caught.value.parameter == parameter
+
+
 def test_an_api_key_is_read_from_the_environment_and_not_kept_in_the_spec(monkeypatch) -> None:
     monkeypatch.setenv("PACKLLM_TEST_KEY", "sk-secret-123")
     spec = MemberSpec("m", backend="openai", url="http://h:1/v1", tokenizer="t", api_key_env="PACKLLM_TEST_KEY")
