@@ -28,6 +28,7 @@ from .errors import (
 )
 from .events import FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
 from .loading import MemberSpec, load_member, load_pack
+from .tools import Conversation, InvalidCall, Tool, ToolCall
 
 __version__ = "0.1.0"
 
@@ -38,10 +39,12 @@ __all__ = [
     "ConfigError",
     "Constraint",
     "ConstraintError",
+    "Conversation",
     "FinishEvent",
     "GenerationConfig",
     "GenerationResult",
     "GenerationTimeoutError",
+    "InvalidCall",
     "Member",
     "MemberBackend",
     "MemberError",
@@ -56,6 +59,8 @@ __all__ = [
     "ScoreResult",
     "SparseScores",
     "TextEvent",
+    "Tool",
+    "ToolCall",
     "Usage",
     "WeightsEvent",
     "load_member",

@@ -92,6 +92,11 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, codes, strict=True)}
 
 
+def byte_level_chars() -> dict[int, str]:
+    """GPT-2's bytes-to-unicode table: the character byte-level BPE vocabularies spell each byte with."""
+    return {b: ch for ch, b in _byte_decoder().items()}
+
+
 def token_bytes(tokenizer: Any) -> list[bytes]:
     """The bytes each token id of ``tokenizer`` stands for (special tokens: their literal text)."""
     n = len(tokenizer)

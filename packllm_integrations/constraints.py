@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .alignment import byte_level_chars
 from .errors import ConfigError, ConstraintError
 
-__all__ = ["Constraint", "Grammars", "RowMatcher", "mask"]
+__all__ = ["JSON_LAYOUT", "Constraint", "Grammars", "RowMatcher", "closed_schema", "mask"]
 
 KINDS = ("json_schema", "regex", "lark")
 
@@ -64,7 +65,7 @@ class Constraint:
                 raise ConfigError("constraint", schema[:80], f"a JSON Schema in JSON ({exc})") from None
         if not isinstance(schema, Mapping):
             raise ConfigError("constraint", schema, "a JSON Schema (a dict, its JSON text or a pydantic model)")
-        return cls("json_schema", json.dumps(_closed(schema)))  # key order kept: the output follows it
+        return cls("json_schema", json.dumps(closed_schema(schema)))  # key order kept: the output follows it
 
     @classmethod
     def json(cls) -> Constraint:
@@ -86,29 +87,29 @@ class Constraint:
         from llguidance import LLMatcher
 
         if self.kind == "json_schema":
-            return LLMatcher.grammar_from_json_schema(self.source, defaults=_JSON_LAYOUT)
+            return LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_LAYOUT)
         if self.kind == "regex":
             return LLMatcher.grammar_from_regex(self.source)
         return LLMatcher.grammar_from_lark(self.source)
 
 
-_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """JSON as ``json.dumps`` writes it: no free whitespace for a model to wander in."""
 
 
-def _closed(schema: Any) -> Any:
+def closed_schema(schema: Any) -> Any:
     """``schema`` with ``additionalProperties: false`` wherever an object lists its properties and says nothing.
 
     What matches the closed schema matches the original (it is a subset), and a model is
     kept from adding keys of its own after the ones asked for.
     """
     if isinstance(schema, Mapping):
-        out = {k: _closed(v) for k, v in schema.items()}
+        out = {k: closed_schema(v) for k, v in schema.items()}
         if "properties" in out and "additionalProperties" not in out:
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
-        return [_closed(v) for v in schema]
+        return [closed_schema(v) for v in schema]
     return schema
 
 
@@ -124,17 +125,7 @@ class Grammars:
         key = member.tokenizer_fingerprint
         with self._lock:
             if key not in self._tokenizers:
-                import llguidance.hf
-
-                try:
-                    ll = llguidance.hf.from_tokenizer(
-                        member.tokenizer, n_vocab=member.vocab_size, eos_token=sorted(member.eos_token_ids)
-                    )
-                except ValueError as exc:
-                    raise ConfigError(
-                        "constraint", member.name, f"a member with a fast (Rust) tokenizer ({exc})"
-                    ) from None
-                self._tokenizers[key] = ll
+                self._tokenizers[key] = _ll_tokenizer(member)
             return self._tokenizers[key]
 
     def matcher(self, member: Any, constraint: Constraint) -> RowMatcher:
@@ -154,6 +145,34 @@ class Grammars:
             reason = matcher.get_error()
             raise ConfigError("constraint", constraint.source[:200], f"a grammar llguidance takes: {reason}")
         return RowMatcher(matcher, member.vocab_size)
+
+
+def _ll_tokenizer(member: Any) -> Any:
+    """``member``'s vocabulary for llguidance, its non-special added tokens read as the text they are.
+
+    llguidance reads every added token as a special one, which no grammar text can match;
+    Qwen2.5's ``<tool_call>`` is an added token that is ordinary text, so in a byte-level
+    BPE vocabulary such tokens move into the model's vocabulary under their byte-level spelling.
+    """
+    from llguidance import LLTokenizer
+
+    backend = getattr(member.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError("constraint", member.name, "a member with a fast (Rust) tokenizer")
+    spec = json.loads(backend.to_str())
+    spec["padding"] = spec["truncation"] = None
+    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+    if model.get("type") == "BPE" and decoder.get("type") == "ByteLevel":
+        chars = byte_level_chars()
+        vocab, kept = model["vocab"], []
+        ids = set(vocab.values())
+        for token in spec.get("added_tokens", []):
+            if token.get("special", True) or token["id"] in ids:
+                kept.append(token)
+            else:
+                vocab["".join(chars[b] for b in token["content"].encode("utf-8"))] = token["id"]
+        spec["added_tokens"] = kept
+    return LLTokenizer(json.dumps(spec), n_vocab=member.vocab_size, eos_token=sorted(member.eos_token_ids))
 
 
 class RowMatcher:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .alignment import VocabMap
 from .backends.base import MemberBackend
+from .chat_format import chat_messages, check_text
 from .config import GenerationConfig
 from .constraints import Grammars
 from .decoding import Session
@@ -24,12 +25,14 @@ from .events import Event, GenerationResult, ScoreResult, WeightsEvent, collect_
 from .planning import Pack
 from .projection import Projection
 from .scoring import score_continuations
+from .tools import Conversation, Tool
 
 __all__ = ["PackEngine", "Prompt"]
 
-Prompt = str | Sequence[Mapping[str, str]]
-"""A raw text prompt (given to every member as is), or chat messages
-(``[{"role": "user", "content": "..."}]``) that each member renders with its own template."""
+Prompt = str | Sequence[Mapping[str, Any]] | Conversation
+"""A raw text prompt (given to every member as is), chat messages
+(``[{"role": "user", "content": "..."}]``) that each member renders with its own template,
+or a :class:`~packllm_integrations.tools.Conversation`: messages with the tools offered."""
 
 
 class PackEngine:
@@ -166,21 +169,21 @@ class PackEngine:
     def _texts(self, prompt: Any, parameter: str = "prompt", allow_empty: bool = False) -> list[str]:
         """The prompt as each member reads it (an empty text only where ``allow_empty``: a context)."""
         if isinstance(prompt, str):
-            _check_text(prompt, parameter)
+            check_text(prompt, parameter)
             if not prompt and not allow_empty:
                 raise PromptError(
                     parameter, prompt, "a non-empty string (the pack needs text to weight its members on)"
                 )
             return [prompt] * len(self.members)
-        if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
-            messages = []
-            for m in prompt:
-                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                    raise PromptError(parameter, m, "chat messages with string 'role' and 'content'")
-                _check_text(m["content"], parameter)
-                messages.append({"role": m["role"], "content": m["content"]})
-            return [member.render_chat(messages) for member in self.members]
-        raise PromptError(parameter, prompt, "a string, or a non-empty list of chat messages")
+        tools: Sequence[Tool] = ()
+        if isinstance(prompt, Conversation):
+            prompt, tools = prompt.messages, prompt.tools
+            if not all(isinstance(t, Tool) for t in tools):
+                raise PromptError(parameter, tools, "a Conversation's tools as Tool objects")
+        if isinstance(prompt, Sequence) and not isinstance(prompt, str) and prompt:
+            messages = chat_messages(prompt, parameter)
+            return [member.render_chat(messages, tools) for member in self.members]
+        raise PromptError(parameter, prompt, "a string, a non-empty list of chat messages, or a Conversation")
 
     def _batch(self, prompts: Any) -> list[list[str]]:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
@@ -313,11 +316,3 @@ def _check_config(config: Any) -> None:
         raise ConfigError(
             "config", type(config).__name__, "a GenerationConfig, or settings as keywords (temperature=0.7, ...)"
         )
-
-
-def _check_text(text: str, parameter: str) -> None:
-    """Text every tokenizer can read: no lone surrogates (what invalid UTF-8 in argv becomes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PromptError(parameter, text, f"valid Unicode text (a lone surrogate at character {exc.start})") from None

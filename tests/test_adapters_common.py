@@ -41,12 +41,17 @@ def _load_real_engine() -> PackEngine:
     return PackEngine.from_models(list(REAL_PACK), progress=False)
 
 
-def real_engine() -> PackEngine:
-    """The real small pack, loaded once per process; skips when its packages are missing."""
+def real_engine(backend: str = "transformers") -> PackEngine:
+    """The real small pack, loaded once per process and backend; skips when its packages are missing."""
     missing = [name for name in REAL_PACK if not is_installed(name)]
     if missing:
         pytest.skip(f"bundled models not installed: {', '.join(missing)} (see `packllm models`)")
-    return _load_real_engine()
+    return _load_real_engine() if backend == "transformers" else _load_real_llama_engine()
+
+
+@functools.cache
+def _load_real_llama_engine() -> PackEngine:
+    return PackEngine.from_models([f"{name},backend=llama.cpp" for name in REAL_PACK], progress=False)
 
 
 def embedding_model_folder() -> Path:
@@ -217,3 +222,11 @@ def test_real_engine_shared_by_a_chain_and_a_query_engine(monkeypatch):
     assert "1889" in response.source_nodes[0].node.get_content()
     # Both hosts ran on the very same members: no second copy was loaded.
     assert lc.engine is li.engine is engine
+
+
+@functools.cache
+def tool_engine() -> PackEngine:
+    """Three tiny members for tools: one whose template renders them, one with a ChatML template that
+    does not, one with no template; two tokenizer families, windows that hold the tools' text."""
+    members = [tiny.tool_member(), tiny.bytelevel_member(window=2048), tiny.sentencepiece_member(window=2048)]
+    return PackEngine(members, progress=False, max_new_tokens=48)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_tests.integration_tests import ChatModelIntegrationTests
@@ -13,6 +15,12 @@ from packllm_integrations.langchain import ChatPackLLM, PackLLM
 from tests.test_adapters_common import real_engine
 
 pytestmark = pytest.mark.integration
+
+RAMBLES = (
+    "the pack repeats itself inside the joke's first string ('A cat is a cat, right? A cat is a cat...') until "
+    "max_tokens cuts the JSON; the adapter then raises OutputParserException, as it should (the TypedDict and "
+    "JSON Schema variants pass only because the suite does not validate their dicts)"
+)
 
 
 class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
@@ -24,19 +32,29 @@ class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"engine": real_engine(), "max_tokens": 8}
+        # llama.cpp members (twice as fast as transformers here) for the suite's many calls;
+        # a short budget for the text tests, enough for a tool call or a small JSON object in
+        # the others (the grammar ends those sooner).
+        test = os.environ.get("PYTEST_CURRENT_TEST", "")
+        structured = any(word in test for word in ("tool", "structured", "json", "agent"))
+        budget = 128 if "unicode" in test else 48 if structured else 8  # CJK text takes many tokens
+        return {"engine": real_engine("llama.cpp"), "max_tokens": budget}
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_json_mode(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_image_inputs(self) -> bool:
@@ -49,6 +67,36 @@ class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
     @property
     def supports_model_override(self) -> bool:
         return False  # a pack cannot swap its members per call
+
+    # What a sub-1B pack knows, not what the adapter does: each failure below is measured.
+
+    @pytest.mark.parametrize(
+        "schema_type",
+        [pytest.param("pydantic", marks=pytest.mark.xfail(reason=RAMBLES, strict=True)), "typeddict", "json_schema"],
+    )
+    def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
+        super().test_structured_output(model, schema_type)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        "schema_type",
+        [pytest.param("pydantic", marks=pytest.mark.xfail(reason=RAMBLES, strict=True)), "typeddict", "json_schema"],
+    )
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
+        await super().test_structured_output_async(model, schema_type)  # type: ignore[arg-type]
+
+    @pytest.mark.xfail(reason=RAMBLES, strict=True)
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @pytest.mark.xfail(
+        reason="with tool_choice='auto' this pack (SmolLM2-135M + Qwen2.5-Coder-0.5B) answers the weather question "
+        "in text rather than calling get_weather; tests/integration/test_agents_real.py runs agent loops on members "
+        "that call tools, and benchmarks/results/agents.md measures each",
+        strict=True,
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
 
 
 def test_lcel_chain_invoke_batch_and_stream():

@@ -89,7 +89,7 @@ def sentencepiece_tokenizer_without_bos() -> PreTrainedTokenizerFast:
     return tok
 
 
-def _llama(vocab: int, seed: int, eos: int, bos: int | None) -> LlamaForCausalLM:
+def _llama(vocab: int, seed: int, eos: int, bos: int | None, window: int = 256) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab,
@@ -98,7 +98,7 @@ def _llama(vocab: int, seed: int, eos: int, bos: int | None) -> LlamaForCausalLM
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=window,
         eos_token_id=eos,
         bos_token_id=bos,
         pad_token_id=None,
@@ -110,7 +110,7 @@ def _llama(vocab: int, seed: int, eos: int, bos: int | None) -> LlamaForCausalLM
     return model.eval()
 
 
-def _qwen(vocab: int, seed: int, eos: int) -> Qwen2ForCausalLM:
+def _qwen(vocab: int, seed: int, eos: int, window: int = 256) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=vocab + 16,  # padded logit columns, as real Qwen checkpoints have
@@ -119,7 +119,7 @@ def _qwen(vocab: int, seed: int, eos: int) -> Qwen2ForCausalLM:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=window,
         eos_token_id=eos,
         bos_token_id=None,
         tie_word_embeddings=False,
@@ -130,9 +130,9 @@ def _qwen(vocab: int, seed: int, eos: int) -> Qwen2ForCausalLM:
     return model.eval()
 
 
-def bytelevel_member(name: str = "tiny-bytelevel", seed: int = 0) -> Member:
+def bytelevel_member(name: str = "tiny-bytelevel", seed: int = 0, window: int = 256) -> Member:
     tok = bytelevel_tokenizer()
-    return Member(name, _qwen(len(tok), seed, tok.eos_token_id), tok)
+    return Member(name, _qwen(len(tok), seed, tok.eos_token_id, window), tok)
 
 
 def bytelevel_member_b(name: str = "tiny-bytelevel-b", seed: int = 1) -> Member:
@@ -141,9 +141,42 @@ def bytelevel_member_b(name: str = "tiny-bytelevel-b", seed: int = 1) -> Member:
     return Member(name, _llama(len(tok), seed, tok.eos_token_id, None), tok)
 
 
-def sentencepiece_member(name: str = "tiny-sentencepiece", seed: int = 2) -> Member:
+def sentencepiece_member(name: str = "tiny-sentencepiece", seed: int = 2, window: int = 256) -> Member:
     tok = sentencepiece_tokenizer()
-    return Member(name, _llama(len(tok), seed, tok.eos_token_id, tok.bos_token_id), tok)
+    return Member(name, _llama(len(tok), seed, tok.eos_token_id, tok.bos_token_id, window), tok)
+
+
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n"
+    "{% endif %}# Tools\n<tools>\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}</tools>\n"
+    'Call a tool as <tool_call>\n{"name": <name>, "arguments": <object>}\n</tool_call><|im_end|>\n'
+    "{%- elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+    "{%- endif %}"
+    "{%- for m in messages %}{% if m['role'] == 'system' %}"
+    "{% elif m['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m['content'] }}\n</tool_response><|im_end|>\n"
+    "{% elif m['role'] == 'assistant' and m['tool_calls'] %}<|im_start|>assistant\n{% for c in m['tool_calls'] %}"
+    '<tool_call>\n{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>'
+    "{% endfor %}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""A Qwen2.5-like chat template that renders tools, calls and results (``<tool_call>`` tags)."""
+
+
+@functools.cache
+def bytelevel_tool_tokenizer() -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer with ``<tool_call>`` tags as ordinary added tokens (as Qwen2.5 has them) and
+    :data:`TOOLS_TEMPLATE`."""
+    tok = copy.deepcopy(bytelevel_tokenizer())
+    tok.add_tokens(["<tool_call>", "</tool_call>"])
+    tok.chat_template = TOOLS_TEMPLATE
+    return tok
+
+
+def tool_member(name: str = "tiny-tools", seed: int = 3, window: int = 2048) -> Member:
+    """A byte-level member whose chat template renders tools, with a window that holds them."""
+    tok = bytelevel_tool_tokenizer()
+    return Member(name, _qwen(len(tok), seed, tok.eos_token_id, window), tok)
 
 
 def sentencepiece_member_without_bos(name: str = "tiny-sentencepiece-nobos", seed: int = 2) -> Member:

@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import torch
 
 from ..alignment import special_ids, vocabulary_fingerprint
+from ..chat_format import render, template_renders_tools
+from ..tools import Tool
 
 __all__ = ["MemberBackend", "Prefill", "Scores", "SparseScores", "Tokenizer", "dense"]
 
@@ -196,20 +198,23 @@ class MemberBackend(ABC):
         """The text of ``ids``, special tokens left out."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """Render chat messages as this member expects, ready for the assistant's reply.
+    @cached_property
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders tools, calls and results (else they are written as text)."""
+        return template_renders_tools(self.tokenizer)
 
-        Uses the tokenizer's chat template. A member without one gets a plain format::
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Tool] = ()) -> str:
+        """Render chat messages (and the tools offered) as this member expects, ready for its reply.
+
+        Uses the tokenizer's chat template, with the tools where the template renders them
+        (see :mod:`~packllm_integrations.chat_format`). A member without one gets a plain format::
 
             System: ...
             User: ...
             Assistant: ...
             Assistant:
         """
-        if self.has_chat_template:
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))  # type: ignore[attr-defined]
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n".join([*lines, "Assistant:"])
+        return render(self.tokenizer, messages, tools, self.renders_tools)
 
     # ---- operations ----------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ their host's types with these and the engine's public API, nothing below it:
   strings (:func:`parse_weights`);
 - the runner, sync and async, with timeout and out-of-memory retry (:class:`Runner`,
   :func:`acollect_results`);
+- tool calling and constraints per call (:class:`ToolRequest`, :func:`split_call`,
+  :func:`constrained`);
 - results to metadata (:func:`result_metadata`, :func:`weights_metadata`,
   :func:`usage_dict`) and chat messages to the engine's (:func:`merge_messages`).
 
@@ -30,6 +32,7 @@ from .settings import (
     parse_weights,
     resolve_call,
 )
+from .tools import ToolRequest, constrained, split_call
 from .translate import merge_messages, result_metadata, usage_dict, weights_metadata
 
 __all__ = [
@@ -38,8 +41,10 @@ __all__ = [
     "PackModel",
     "Setting",
     "Runner",
+    "ToolRequest",
     "acollect_results",
     "check_settings",
+    "constrained",
     "engine_settings",
     "host_names",
     "in_host_terms",
@@ -48,6 +53,7 @@ __all__ = [
     "pack_model",
     "parse_weights",
     "resolve_call",
+    "split_call",
     "result_metadata",
     "usage_dict",
     "weights_metadata",

@@ -7,10 +7,10 @@ member's ``prompt_perplexity``, the ``reference`` member, and at the end the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from ..errors import PromptError
+from ..chat_format import merge
 from ..events import GenerationResult, Usage
 
 __all__ = ["merge_messages", "result_metadata", "usage_dict", "weights_metadata"]
@@ -58,21 +58,14 @@ def result_metadata(result: GenerationResult, *, usage_key: str = "usage") -> di
     return out
 
 
-def merge_messages(messages: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
-    """``(role, text)`` pairs as the engine's chat messages, consecutive ones of one role joined.
+def merge_messages(messages: Iterable[tuple[str, str] | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``(role, text)`` pairs (or message dicts) as the engine's chat messages, consecutive plain ones joined.
 
     The join is a blank line, so that strict chat templates (strictly alternating roles)
-    accept them. No message at all raises :class:`PromptError`.
+    accept them; messages with tool calls or results are kept apart. No message at all
+    raises :class:`PromptError`.
 
     >>> merge_messages([("system", "Be brief."), ("user", "Hi"), ("user", "there")])
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi\\n\\nthere'}]
     """
-    out: list[dict[str, str]] = []
-    for role, text in messages:
-        if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n\n" + text
-        else:
-            out.append({"role": role, "content": text})
-    if not out:
-        raise PromptError("messages", [], "at least one message")
-    return out
+    return merge({"role": m[0], "content": m[1]} if isinstance(m, tuple) else m for m in messages)

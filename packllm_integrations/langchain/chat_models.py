@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-    UsageMetadata,
-)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from ..errors import ConfigError, PromptError
-from ..events import Event, FinishEvent, GenerationResult, TextEvent
-from ..host import merge_messages
+from ..events import GenerationResult
+from ..host import ToolRequest, constrained, split_call
+from ..host.turns import ChatTurn, Piece, TurnEnd
+from .. import ToolCall
 from ._pack import PackSettings, generation_info
+from .messages import delta_chunk, reply_message, to_chat_messages
+from .structured import structured_output
 
 __all__ = ["ChatPackLLM", "to_chat_messages"]
 
@@ -35,12 +33,13 @@ class ChatPackLLM(PackSettings, BaseChatModel):
     comes back as an ``AIMessage`` with ``usage_metadata`` and, in ``response_metadata``,
     the per-prompt ``weights``, ``prompt_perplexity``, ``reference`` and ``finish_reason``.
 
-    Supported: text messages (system, human, AI, and ``ChatMessage`` with any role),
-    streaming, async, stop strings. Not supported (declared, not faked): tool calling,
-    structured output, JSON mode, images, audio and files; such inputs raise
-    :class:`~packllm_integrations.PromptError`. Consecutive messages of one role are
-    joined (blank line between) so that strict templates accept them. A message's
-    ``name`` is not rendered.
+    Supported: text messages (system, human, AI, tool results, and ``ChatMessage`` with any
+    role), streaming, async, stop strings, tool calling (:meth:`bind_tools`) and structured
+    output (:meth:`with_structured_output`, JSON mode included), both grammar-constrained so
+    that what comes back parses and validates. Not supported: images, audio and files
+    (:class:`~packllm_integrations.PromptError`). Consecutive messages of one role are
+    joined (blank line between) so that strict templates accept them. A message's ``name``
+    is not rendered.
 
     Example:
         >>> from packllm_integrations.langchain import ChatPackLLM
@@ -65,13 +64,82 @@ class ChatPackLLM(PackSettings, BaseChatModel):
     _ls_model_type: ClassVar[str] = "chat"
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
-        """Tokens of the conversation as the reference member reads it (chat template included)."""
-        if tools:
-            raise ConfigError("tools", f"<{len(tools)} tools>", "no tools: the pack has no tool calling")
+        """Tokens of the conversation as the reference member reads it (chat template and tools included)."""
         member = self._reference_member()
-        return len(member.encode(member.render_chat(to_chat_messages(messages))))
+        request = ToolRequest.of([convert_to_openai_tool(t) for t in tools] if tools else None)
+        chat = to_chat_messages(messages)
+        return len(member.encode(member.render_chat(chat, request.tools if request else ())))
+
+    # ---- tools and structured output ------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, BaseMessage]:
+        """This model with ``tools`` offered on every call; the reply's calls fill ``AIMessage.tool_calls``.
+
+        ``tool_choice``: ``"auto"`` or None (text or calls, the pack decides), ``"any"`` or
+        ``"required"`` (at least one call), a tool's name (one call of it), ``"none"`` (text).
+        ``parallel_tool_calls=True`` allows up to 8 calls per reply (default: one, since sub-1B
+        members given the chance repeat a call; a repeated call is left out anyway). The reply
+        is constrained by a grammar of the tools' schemas, so every call names a bound tool
+        and its arguments validate (``strict`` is always true, whatever is passed). Members
+        whose chat template renders tools read them through it; the others read them as text
+        (see :mod:`~packllm_integrations.chat_format`).
+
+        Example:
+            >>> def add(a: int, b: int) -> int:
+            ...     '''Add two integers.'''
+            ...     return a + b
+            >>> reply = chat.bind_tools([add], tool_choice="any").invoke("What is 2 + 3?")  # doctest: +SKIP
+            >>> reply.tool_calls  # doctest: +SKIP
+            [{'name': 'add', 'args': {'a': 2, 'b': 3}, 'id': 'call_5d1e...', 'type': 'tool_call'}]
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        ToolRequest.of(formatted, tool_choice, parallel_tool_calls)  # a bad choice raises now, not at the call
+        extra = {} if parallel_tool_calls is None else {"parallel_tool_calls": parallel_tool_calls}
+        return self.bind(tools=formatted, tool_choice=tool_choice, **extra, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """This model returning ``schema``'s objects (pydantic), or dicts (TypedDict, JSON Schema).
+
+        ``method``: ``"json_schema"`` (the reply is JSON constrained to the schema),
+        ``"function_calling"`` (a forced call of a tool with the schema's arguments) or
+        ``"json_mode"`` (any JSON object; constrained to ``schema`` when one is given).
+        Either way the output validates, unless ``max_tokens`` cuts it.
+        ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}`` instead of raising
+        on a reply that does not parse. ``strict`` is accepted and always true.
+
+        Example:
+            >>> from pydantic import BaseModel
+            >>> class City(BaseModel):
+            ...     name: str
+            ...     country: str
+            >>> chat.with_structured_output(City).invoke("Paris is the capital of France.")  # doctest: +SKIP
+            City(name='Paris', country='France')
+        """
+        return structured_output(self, schema, method, include_raw, kwargs)
 
     # ---- generation ---------------------------------------------------------------------
+
+    def _turn(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatTurn:
+        """A call's turn: its messages, its config (with its constraint) and its tools."""
+        request, constraint, rest = split_call(_without_stream(kwargs))
+        config = constrained(self._call_config(stop, rest), request, constraint)
+        return ChatTurn(self._runner(), to_chat_messages(messages), config, request)
 
     def _generate(
         self,
@@ -80,8 +148,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        return self._chat_result(self._runner().results([prompt], config)[0])
+        return self._chat_result(self._turn(messages, stop, kwargs).end())
 
     async def _agenerate(
         self,
@@ -90,17 +157,19 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        return self._chat_result((await self._runner().aresults([prompt], config))[0])
+        return self._chat_result(await self._turn(messages, stop, kwargs).aend())
 
-    def _chat_result(self, result: GenerationResult) -> ChatResult:
-        message = AIMessage(
-            content=result.text,
-            usage_metadata=_usage(result),
-            response_metadata={"model_name": self.model_name},
-        )
-        generation = ChatGeneration(message=message, generation_info=generation_info(result))
-        return ChatResult(generations=[generation], llm_output=self._llm_output([result]))
+    def _chat_result(self, end: TurnEnd) -> ChatResult:
+        fields = {"usage_metadata": _usage(end.result), "response_metadata": self._reply_metadata(end)}
+        message = reply_message(end.content, end.calls, end.invalid, **fields)
+        generation = ChatGeneration(message=message, generation_info=generation_info(end.result))
+        return ChatResult(generations=[generation], llm_output=self._llm_output([end.result]))
+
+    def _reply_metadata(self, end: TurnEnd) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_name": self.model_name, **_calls_finish(bool(end.calls))}
+        if end.answered_from_results:
+            out["answered_from_results"] = True
+        return out
 
     # ---- streaming ----------------------------------------------------------------------
 
@@ -111,13 +180,14 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        """A chunk per text piece, then a last empty chunk with usage and metadata.
+        """A chunk per text piece (or whole tool call), then a last empty chunk with usage and metadata.
 
         LangChain's ``BaseChatModel`` reports each chunk to the callbacks itself.
         """
-        prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        for event in self._runner().events([prompt], config):
-            chunk = self._chunk(event)
+        calls = 0
+        for piece in self._turn(messages, stop, kwargs).pieces():
+            chunk = self._chunk(piece, calls)
+            calls += isinstance(piece, ToolCall)
             if chunk is not None:
                 yield chunk
 
@@ -128,24 +198,31 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        prompt, config = to_chat_messages(messages), self._call_config(stop, _without_stream(kwargs))
-        async for event in self._runner().aevents([prompt], config):
-            chunk = self._chunk(event)
+        calls = 0
+        async for piece in self._turn(messages, stop, kwargs).apieces():
+            chunk = self._chunk(piece, calls)
+            calls += isinstance(piece, ToolCall)
             if chunk is not None:
                 yield chunk
 
-    def _chunk(self, event: Event) -> ChatGenerationChunk | None:
-        if isinstance(event, TextEvent):
-            return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
-        if isinstance(event, FinishEvent):
+    def _chunk(self, piece: Piece, calls: int) -> ChatGenerationChunk | None:
+        """A piece of the reply as a chunk (``calls``: the calls before it); the end as the last chunk."""
+        if isinstance(piece, (str, ToolCall)):
+            return ChatGenerationChunk(message=delta_chunk(piece, calls))
+        if isinstance(piece, TurnEnd):
             message = AIMessageChunk(
                 content="",
-                usage_metadata=_usage(event.result),
-                response_metadata={"model_name": self.model_name},
+                usage_metadata=_usage(piece.result),
+                response_metadata=self._reply_metadata(piece),
                 chunk_position="last",
             )
-            return ChatGenerationChunk(message=message, generation_info=generation_info(event.result))
+            return ChatGenerationChunk(message=message, generation_info=generation_info(piece.result))
         return None
+
+
+def _calls_finish(calls: bool) -> dict[str, str]:
+    """``finish_reason="tool_calls"`` for a reply that calls tools, as OpenAI-style hosts expect."""
+    return {"finish_reason": "tool_calls"} if calls else {}
 
 
 def _usage(result: GenerationResult) -> UsageMetadata:
@@ -158,56 +235,3 @@ def _usage(result: GenerationResult) -> UsageMetadata:
 def _without_stream(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The call's settings without ``stream``, which LangChain reads to choose invoke's path."""
     return {k: v for k, v in kwargs.items() if k != "stream"}
-
-
-def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the engine's ``{"role", "content"}`` dicts.
-
-    Roles: ``SystemMessage`` -> system, ``HumanMessage`` -> user, ``AIMessage`` ->
-    assistant, ``ChatMessage`` -> its own role. Consecutive messages of one role are joined
-    with a blank line. Tool calls, tool results and non-text content raise :class:`PromptError`.
-
-    >>> from langchain_core.messages import HumanMessage, SystemMessage
-    >>> to_chat_messages([SystemMessage("Be brief."), HumanMessage("Hi"), HumanMessage("there")])
-    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi\\n\\nthere'}]
-    """
-    return merge_messages(_role_and_text(i, message) for i, message in enumerate(messages))
-
-
-def _role_and_text(i: int, message: BaseMessage) -> tuple[str, str]:
-    where = f"messages[{i}]"
-    if isinstance(message, SystemMessage):
-        role = "system"
-    elif isinstance(message, HumanMessage):
-        role = "user"
-    elif isinstance(message, AIMessage):
-        if message.tool_calls or message.invalid_tool_calls:
-            raise PromptError(where, "<AIMessage with tool calls>", "text messages: the pack has no tool calling")
-        role = "assistant"
-    elif isinstance(message, ChatMessage):
-        role = message.role
-    else:
-        raise PromptError(
-            where,
-            type(message).__name__,
-            "SystemMessage, HumanMessage, AIMessage or ChatMessage (no tool messages)",
-        )
-    return role, _text(message.content, where)
-
-
-def _text(content: str | list[str | dict[str, Any]], where: str) -> str:
-    """The text of a message's content (a string, or text blocks)."""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
-            parts.append(block["text"])
-        else:
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise PromptError(
-                where, f"<{kind} content block>", "text content: the pack reads no images, audio or files"
-            )
-    return "".join(parts)

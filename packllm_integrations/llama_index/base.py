@@ -16,32 +16,28 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
-    TextBlock,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.tools.types import BaseTool
 from pydantic import ConfigDict, Field
 
 from ..engine import Prompt
 from ..errors import PromptError
 from ..events import Event, FinishEvent, GenerationResult, TextEvent, WeightsEvent
-from ..host import merge_messages, pack_model, result_metadata, weights_metadata
+from ..host import constrained, pack_model, result_metadata, split_call, weights_metadata
+from ..host.turns import ChatTurn, Piece, TurnEnd
+from .. import ToolCall
+from .messages import calls_kwargs, selections, to_chat_messages
 
 __all__ = ["PackLLM", "to_chat_messages"]
 
 R = TypeVar("R", CompletionResponse, ChatResponse)
 
-_ROLES = {
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.CHATBOT: "assistant",
-    MessageRole.MODEL: "assistant",
-}
 
-
-class PackLLM(pack_model("llama_index"), CustomLLM):  # type: ignore[misc]
+class PackLLM(pack_model("llama_index"), CustomLLM, FunctionCallingLLM):  # type: ignore[misc]
     """PackLLM test-time fusion of several causal LMs, as a LlamaIndex LLM.
 
     ``metadata`` reports the pack's real limits: the smallest member's context window and
@@ -94,7 +90,7 @@ class PackLLM(pack_model("llama_index"), CustomLLM):  # type: ignore[misc]
             context_window=self.pack.context_window,
             num_output=self._resolve().max_new_tokens,
             is_chat_model=chat,
-            is_function_calling_model=False,
+            is_function_calling_model=True,
             model_name=self.model_name,
         )
 
@@ -146,73 +142,137 @@ class PackLLM(pack_model("llama_index"), CustomLLM):  # type: ignore[misc]
 
     # ---- chat -----------------------------------------------------------------------------
 
+    def _turn(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatTurn:
+        """A chat call's turn (its messages, config and tools), or a custom ``messages_to_prompt``'s text."""
+        request, constraint, rest = split_call(kwargs)
+        config = constrained(self._resolve(rest), request, constraint)
+        prompt = self._chat_prompt(messages)
+        if isinstance(prompt, str):
+            if request is not None:
+                raise PromptError("messages_to_prompt", "<custom>", "the members' chat templates when tools are given")
+            return ChatTurn(self._runner(), prompt, config, None)
+        return ChatTurn(self._runner(), prompt, config, request)
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Reply to ``messages``, each member reading them through its own chat template."""
-        return _final(_chat, self._runner().results([self._chat_prompt(messages)], self._resolve(kwargs))[0])
+        """Reply to ``messages``, each member reading them through its own chat template.
+
+        ``tools`` (OpenAI-style dicts), ``tool_choice`` and ``parallel_tool_calls`` may be
+        given, as :meth:`chat_with_tools` does; the reply's calls are in
+        ``message.additional_kwargs["tool_calls"]``. A ``constraint`` constrains the reply.
+        """
+        return _chat_response(self._turn(messages, kwargs).end())
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Stream a reply: each response holds the message so far and its ``delta``."""
-        return _responses(self._runner().events([self._chat_prompt(messages)], self._resolve(kwargs)), _chat)
+        """Stream a reply: each response holds the message so far (its calls too) and its ``delta``."""
+        state = _ChatStream()
+        return (r for piece in self._turn(messages, kwargs).pieces() if (r := state(piece)) is not None)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """:meth:`chat` with the decoding steps in worker threads."""
-        results = await self._runner().aresults([self._chat_prompt(messages)], self._resolve(kwargs))
-        return _final(_chat, results[0])
+        return _chat_response(await self._turn(messages, kwargs).aend())
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` with the decoding steps in worker threads."""
-        return _aresponses(self._runner().aevents([self._chat_prompt(messages)], self._resolve(kwargs)), _chat)
+        return _achat_stream(self._turn(messages, kwargs).apieces())
+
+    # ---- function calling -----------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The ``chat`` arguments of :meth:`chat_with_tools` and its kin (``tool_required``: a call must come)."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
+            )
+        choice = tool_choice if tool_choice is not None else ("required" if tool_required else "auto")
+        specs = [tool.metadata.to_openai_tool() for tool in tools]
+        return {
+            "messages": messages,
+            "tools": specs,
+            "tool_choice": choice,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The calls of a reply (see :meth:`chat`); none raises ``ValueError`` if ``error_on_no_tool_call``."""
+        calls = selections(response.message)
+        if not calls and error_on_no_tool_call:
+            why = response.additional_kwargs.get("invalid_tool_calls") or response.message.content
+            raise ValueError(f"the reply holds no tool call ({why!r})")
+        return calls
 
 
 # ---- translation ------------------------------------------------------------------------------
-
-
-def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """LlamaIndex messages as the engine's ``{"role", "content"}`` dicts.
-
-    Roles: system and developer -> system, user -> user, assistant, chatbot and model ->
-    assistant. Consecutive messages of one role are joined with a blank line. Tool and
-    function messages, and non-text blocks, raise :class:`PromptError`.
-
-    >>> from llama_index.core.llms import ChatMessage
-    >>> to_chat_messages([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")])
-    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
-    """
-    return merge_messages(_role_and_text(i, message) for i, message in enumerate(messages))
-
-
-def _role_and_text(i: int, message: ChatMessage) -> tuple[str, str]:
-    where = f"messages[{i}]"
-    role = _ROLES.get(message.role)
-    if role is None:
-        raise PromptError(where, str(message.role.value), "system, user or assistant messages (no tool calling)")
-    parts = []
-    for block in message.blocks:
-        if not isinstance(block, TextBlock):
-            kind = getattr(block, "block_type", type(block).__name__)
-            raise PromptError(where, f"<{kind} block>", "text blocks: the pack reads no images, audio or files")
-        parts.append(block.text)
-    return role, "".join(parts)
 
 
 def _completion(text: str, delta: str | None, info: dict[str, Any], raw: dict[str, Any] | None) -> CompletionResponse:
     return CompletionResponse(text=text, delta=delta, additional_kwargs=info, raw=raw)
 
 
-def _chat(text: str, delta: str | None, info: dict[str, Any], raw: dict[str, Any] | None) -> ChatResponse:
-    message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-    return ChatResponse(message=message, delta=delta, additional_kwargs=info, raw=raw)
+def _chat_message(text: str, calls: Sequence[ToolCall]) -> ChatMessage:
+    return ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=calls_kwargs(calls))
 
 
-Respond = Callable[[str, str | None, dict[str, Any], dict[str, Any] | None], R]
+def _chat_response(end: TurnEnd) -> ChatResponse:
+    """The response of a finished chat turn: its text or calls, the result's metadata and its raw dict."""
+    info = result_metadata(end.result)
+    if end.invalid:
+        info["invalid_tool_calls"] = [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in end.invalid]
+    if end.answered_from_results:
+        info["answered_from_results"] = True
+    return ChatResponse(message=_chat_message(end.content, end.calls), additional_kwargs=info, raw=end.result.to_dict())
+
+
+class _ChatStream:
+    """A chat turn's pieces as responses: the text so far, the calls so far, the weights, then the end."""
+
+    def __init__(self) -> None:
+        self.text, self.calls, self.info = "", [], {}
+
+    def __call__(self, piece: Piece) -> ChatResponse | None:
+        if isinstance(piece, WeightsEvent):
+            self.info = weights_metadata(piece)
+            return None
+        if isinstance(piece, TurnEnd):
+            return _chat_response(piece).model_copy(update={"delta": ""})
+        delta = piece if isinstance(piece, str) else ""
+        if isinstance(piece, ToolCall):
+            self.calls.append(piece)
+        self.text += delta
+        message = _chat_message(self.text, self.calls)
+        return ChatResponse(message=message, delta=delta, additional_kwargs=dict(self.info))
+
+
+async def _achat_stream(pieces: AsyncIterator[Piece]) -> AsyncIterator[ChatResponse]:
+    state = _ChatStream()
+    async for piece in pieces:
+        response = state(piece)
+        if response is not None:
+            yield response
+
+
+Respond = Callable[[str, str | None, dict[str, Any], dict[str, Any] | None], CompletionResponse]
 """Builds a response from the text so far, the new piece (None: not streaming), the metadata and the raw result."""
 
 
-def _final(respond: Respond[R], result: GenerationResult) -> R:
+def _final(respond: Respond, result: GenerationResult) -> CompletionResponse:
     """The response of a finished call: the whole text, the result's metadata and its raw dict."""
     return respond(result.text, None, result_metadata(result), result.to_dict())
 
@@ -220,12 +280,12 @@ def _final(respond: Respond[R], result: GenerationResult) -> R:
 class _StreamState:
     """The text so far and the weights of one stream (known before the first piece)."""
 
-    def __init__(self, respond: Respond[R]) -> None:
+    def __init__(self, respond: Respond) -> None:
         self.respond = respond
         self.text = ""
         self.info: dict[str, Any] = {}
 
-    def __call__(self, event: Event) -> R | None:
+    def __call__(self, event: Event) -> CompletionResponse | None:
         if isinstance(event, WeightsEvent):
             self.info = weights_metadata(event)
         elif isinstance(event, TextEvent):
@@ -236,7 +296,7 @@ class _StreamState:
         return None
 
 
-def _responses(events: Iterator[Event], respond: Respond[R]) -> Iterator[R]:
+def _responses(events: Iterator[Event], respond: Respond) -> Iterator[CompletionResponse]:
     state = _StreamState(respond)
     for event in events:
         response = state(event)
@@ -244,7 +304,7 @@ def _responses(events: Iterator[Event], respond: Respond[R]) -> Iterator[R]:
             yield response
 
 
-async def _aresponses(events: AsyncIterator[Event], respond: Respond[R]) -> AsyncIterator[R]:
+async def _aresponses(events: AsyncIterator[Event], respond: Respond) -> AsyncIterator[CompletionResponse]:
     state = _StreamState(respond)
     async for event in events:
         response = state(event)

@@ -1,0 +1,161 @@
+"""One chat turn, tools or not: the pack's reply as pieces (text, whole calls) and how it ended.
+
+Both adapters stream and collect chat replies through :class:`ChatTurn`, so both read calls
+back the same way. With tools, a call the conversation already holds a result for is left
+out (sub-1B members repeat their last call instead of answering); when a reply would be
+only such repeats, the pack answers in text instead, from the conversation's tool results
+(:data:`~packllm_integrations.host.tools.ANSWER_FROM_RESULTS`, tools off), and the turn
+reports both runs' tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..config import GenerationConfig
+from ..events import Event, FinishEvent, GenerationResult, TextEvent, Usage, WeightsEvent
+from ..tools import InvalidCall, ToolCall
+from .running import Runner
+from .tools import ToolRequest
+
+__all__ = ["ChatTurn", "TurnEnd"]
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """How a turn ended: the engine's result (tokens of every run summed), the text, the calls."""
+
+    result: GenerationResult
+    content: str
+    calls: list[ToolCall]
+    invalid: list[InvalidCall]
+    answered_from_results: bool = False
+    """Whether the text is the answer the pack gave from the tool results, its calls being repeats."""
+
+
+Piece = WeightsEvent | str | ToolCall | TurnEnd
+"""What a turn yields: the weights (first), text pieces, whole calls, then its :class:`TurnEnd`."""
+
+
+class ChatTurn:
+    """One reply to chat ``messages`` (engine dicts, or a prompt already rendered) under ``config``, with
+    the tools of ``request``.
+
+    Example:
+        >>> turn = ChatTurn(Runner(engine), messages, engine.config, ToolRequest.of(tools))  # doctest: +SKIP
+        >>> end = turn.end()  # doctest: +SKIP
+        >>> end.calls or end.content  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        messages: Sequence[Mapping[str, Any]] | str,
+        config: GenerationConfig,
+        request: ToolRequest | None,
+    ) -> None:
+        self.runner, self.config = runner, config
+        self.messages: Any = messages if isinstance(messages, str) else list(messages)  # a str: a rendered prompt
+        self.request = request.given(self.messages) if request is not None else None
+
+    def _runs(self) -> tuple[Any, GenerationConfig]:
+        prompt = self.messages if self.request is None else self.request.prompt(self.messages)
+        return prompt, self.config
+
+    def _answer_run(self) -> tuple[Any, GenerationConfig]:
+        assert self.request is not None
+        return self.request.answer_prompt(self.messages), replace(self.config, constraint=None)
+
+    def pieces(self) -> Iterator[Piece]:
+        """The reply's pieces as they come (see :data:`Piece`)."""
+        prompt, config = self._runs()
+        first = _State(self.request)
+        for event in self.runner.events([prompt], config):
+            yield from first(event)
+        if first.answer_needed is not None:
+            prompt, config = self._answer_run()
+            answer = _State(None, before=first.answer_needed)
+            for event in self.runner.events([prompt], config):
+                yield from answer(event)
+
+    async def apieces(self) -> AsyncIterator[Piece]:
+        """:meth:`pieces` with the decoding steps in worker threads."""
+        prompt, config = self._runs()
+        first = _State(self.request)
+        async for event in self.runner.aevents([prompt], config):
+            for piece in first(event):
+                yield piece
+        if first.answer_needed is not None:
+            prompt, config = self._answer_run()
+            answer = _State(None, before=first.answer_needed)
+            async for event in self.runner.aevents([prompt], config):
+                for piece in answer(event):
+                    yield piece
+
+    def end(self) -> TurnEnd:
+        """The whole reply."""
+        return _last(self.pieces())
+
+    async def aend(self) -> TurnEnd:
+        """:meth:`end` with the decoding steps in worker threads."""
+        out = None
+        async for piece in self.apieces():
+            out = piece
+        assert isinstance(out, TurnEnd)
+        return out
+
+
+def _last(pieces: Iterator[Piece]) -> TurnEnd:
+    out = None
+    for piece in pieces:
+        out = piece
+    assert isinstance(out, TurnEnd)
+    return out
+
+
+class _State:
+    """One run's events as pieces; ``before``: the run this one answers for (its tokens are added)."""
+
+    def __init__(self, request: ToolRequest | None, before: GenerationResult | None = None) -> None:
+        self.request, self.before = request, before
+        self.stream = request.stream() if request is not None else None
+        self.answer_needed: GenerationResult | None = None
+
+    def __call__(self, event: Event) -> list[Piece]:
+        if isinstance(event, WeightsEvent):
+            return [event] if self.before is None else []
+        if isinstance(event, TextEvent):
+            return list(self.stream.feed(event.text)) if self.stream is not None else [event.text]
+        if isinstance(event, FinishEvent):
+            return self._finish(event.result)
+        return []
+
+    def _finish(self, result: GenerationResult) -> list[Piece]:
+        if self.stream is None or self.request is None:
+            return [TurnEnd(_summed(self.before, result), result.text, [], [], self.before is not None)]
+        out: list[Piece] = list(self.stream.close())
+        s = self.stream
+        if (
+            self.request.choice == "auto"
+            and s.repeats
+            and not s.calls
+            and not s.texts
+            and result.finish_reason == "stop"
+        ):
+            self.answer_needed = result
+            return out
+        reply = self.request.reply(result.text)
+        return [*out, TurnEnd(result, reply.content, reply.calls, reply.invalid)]
+
+
+def _summed(before: GenerationResult | None, result: GenerationResult) -> GenerationResult:
+    """``result`` with the tokens of ``before`` (the run it answers for) added."""
+    if before is None:
+        return result
+    usage = Usage(
+        prompt_tokens=before.usage.prompt_tokens + result.usage.prompt_tokens,
+        completion_tokens=before.usage.completion_tokens + result.usage.completion_tokens,
+    )
+    return replace(result, usage=usage)

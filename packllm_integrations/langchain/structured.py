@@ -1,0 +1,92 @@
+"""``ChatPackLLM.with_structured_output``: the model bound to a schema's grammar, and a parser after it."""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any
+
+from langchain_core.exceptions import OutputParserException
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import BaseOutputParser, JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from pydantic import BaseModel
+
+from .. import Constraint
+from ..errors import ConfigError
+
+__all__ = ["structured_output"]
+
+METHODS = ("json_schema", "function_calling", "json_mode")
+
+
+def structured_output(
+    model: Any, schema: dict[str, Any] | type | None, method: str, include_raw: bool, extra: dict[str, Any]
+) -> Runnable[Any, Any]:
+    """``model`` bound so that its reply is ``schema``'s JSON, then parsed (``ChatPackLLM.with_structured_output``)."""
+    if extra:
+        name = next(iter(extra))
+        raise ConfigError(
+            name, extra[name], "no such with_structured_output argument (schema, method, include_raw, strict)"
+        )
+    if method not in METHODS:
+        raise ConfigError("method", method, f"one of {list(METHODS)}")
+    if schema is None and method != "json_mode":
+        raise ConfigError("schema", None, f"a pydantic model, TypedDict or JSON Schema (method={method!r} needs one)")
+    pydantic = _is_pydantic(schema)
+    trace = {"ls_structured_output_format": {"kwargs": {"method": method}, "schema": schema}}
+    parser: BaseOutputParser[Any] | Runnable[Any, Any]
+    if method == "function_calling":
+        tool = convert_to_openai_tool(schema)  # type: ignore[arg-type]
+        name = tool["function"]["name"]
+        bound = model.bind_tools([tool], tool_choice=name, parallel_tool_calls=False, **trace)
+        if pydantic:
+            tools_parser: Any = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+        else:
+            tools_parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        parser = RunnableLambda(_called) | tools_parser
+    else:
+        constraint = Constraint.json() if schema is None else Constraint.json_schema(_json_schema(schema))
+        bound = model.bind(constraint=constraint, **trace)
+        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()  # type: ignore[arg-type]
+    if not include_raw:
+        return bound | parser
+    parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+    failed = RunnablePassthrough.assign(parsed=lambda _: None)
+    return RunnableMap(raw=bound) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+
+def _called(message: AIMessage) -> AIMessage:
+    """``message``, unless its call did not parse (cut by ``max_tokens``): then an ``OutputParserException``."""
+    if not message.tool_calls and message.invalid_tool_calls:
+        bad = message.invalid_tool_calls[0]
+        finish = message.response_metadata.get("finish_reason")
+        raise OutputParserException(
+            f"the structured output did not parse: {bad.get('error')} (finish_reason={finish!r})"
+        )
+    return message
+
+
+def _is_pydantic(schema: Any) -> bool:
+    if not isinstance(schema, type):
+        return False
+    if issubclass(schema, BaseModel):
+        return True
+    try:
+        from pydantic.v1 import BaseModel as BaseModelV1
+    except ImportError:  # pragma: no cover - pydantic 2 always ships v1
+        return False
+    return issubclass(schema, BaseModelV1)
+
+
+def _json_schema(schema: dict[str, Any] | type) -> dict[str, Any]:
+    """The JSON Schema of a pydantic model (v2: as it validates, ``$defs`` kept), TypedDict or dict."""
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    if isinstance(schema, dict) and "function" not in schema and "name" not in schema:
+        return schema
+    try:
+        return convert_to_json_schema(schema)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("schema", schema, f"a pydantic model, TypedDict or JSON Schema ({exc})") from None
