@@ -14,10 +14,10 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
+from .. import ToolCall
 from ..events import GenerationResult
 from ..host import ToolRequest, constrained, split_call
 from ..host.turns import ChatTurn, Piece, TurnEnd
-from .. import ToolCall
 from ._pack import PackSettings, generation_info
 from .messages import delta_chunk, reply_message, to_chat_messages
 from .structured import structured_output

@@ -17,9 +17,9 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 
+from .. import InvalidCall, ToolCall
 from ..errors import PromptError
 from ..host import merge_messages
-from .. import InvalidCall, ToolCall
 
 __all__ = ["delta_chunk", "reply_message", "to_chat_messages"]
 

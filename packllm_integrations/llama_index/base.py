@@ -24,12 +24,12 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.tools.types import BaseTool
 from pydantic import ConfigDict, Field
 
+from .. import ToolCall
 from ..engine import Prompt
 from ..errors import PromptError
 from ..events import Event, FinishEvent, GenerationResult, TextEvent, WeightsEvent
 from ..host import constrained, pack_model, result_metadata, split_call, weights_metadata
 from ..host.turns import ChatTurn, Piece, TurnEnd
-from .. import ToolCall
 from .messages import calls_kwargs, selections, to_chat_messages
 
 __all__ = ["PackLLM", "to_chat_messages"]

@@ -16,9 +16,9 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 from llama_index.core.llms.llm import ToolSelection
 
+from .. import ToolCall
 from ..errors import PromptError
 from ..host import merge_messages
-from .. import ToolCall
 
 __all__ = ["calls_kwargs", "selections", "to_chat_messages"]
 
