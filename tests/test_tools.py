@@ -321,3 +321,27 @@ def test_repeated_calls_and_cut_calls():
 def test_tiny_tool_tokenizer_is_what_the_tests_think():
     tok = tiny.bytelevel_tool_tokenizer()
     assert tok.convert_tokens_to_ids("<tool_call>") != tok.unk_token_id
+
+
+# ---- repeated calls (host) --------------------------------------------------------------------
+
+
+def test_calls_the_conversation_answered_are_left_out_under_auto():
+    from packllm_integrations.host import ToolRequest, split_call
+
+    text = f"<tool_call>\n{CALL}\n</tool_call>"
+    request = ToolRequest.of(TOOLS).given(HISTORY)  # HISTORY answered add(2, 5) as call_1
+    reply = request.reply(text)
+    assert reply.calls == [] and reply.repeats == 1
+    stream = request.stream()
+    assert stream.feed(text) == [] and stream.close() == [] and stream.repeats == 1
+    assert request.results == (("add", "7"), ("add", "8"))
+    prompt = request.answer_prompt(HISTORY)
+    assert prompt[0]["role"] == "system" and "- add: 7\n- add: 8" in prompt[0]["content"]
+    assert [m["role"] for m in prompt] == ["system", "user"] and prompt[1]["content"] == "What is 2 + 5?"
+    # asked for, or allowed: the call is made again
+    assert ToolRequest.of(TOOLS, "add").given(HISTORY).reply(text).calls
+    allowed, _, _ = split_call({"tools": TOOLS, "allow_repeated_calls": True})
+    assert allowed.given(HISTORY).reply(text).calls
+    with pytest.raises(ConfigError, match="allow_repeated_calls"):
+        split_call({"tools": TOOLS, "allow_repeated_calls": "yes"})

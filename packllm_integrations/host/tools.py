@@ -87,7 +87,8 @@ class ToolRequest:
             for m in messages
             if m["role"] == "tool"
         )
-        return replace(self, answered=frozenset() if self.repeats else frozenset(keys), results=results)
+        skip = self.repeats or self.choice != "auto"  # a call asked for is made, repeat or not
+        return replace(self, answered=frozenset() if skip else frozenset(keys), results=results)
 
     def answer_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """A prompt for the answer in text from the conversation's tool results (tools off)."""

@@ -68,40 +68,44 @@ class ChatTurn:
         assert self.request is not None
         return self.request.answer_prompt(self.messages), replace(self.config, constraint=None)
 
-    def pieces(self) -> Iterator[Piece]:
-        """The reply's pieces as they come (see :data:`Piece`)."""
+    def pieces(self, *, restart_after_output: bool = False) -> Iterator[Piece]:
+        """The reply's pieces as they come (see :data:`Piece`).
+
+        ``restart_after_output``: retry out-of-memory even after pieces came (for callers
+        that keep only the end: a restart begins the reply again).
+        """
         prompt, config = self._runs()
         first = _State(self.request)
-        for event in self.runner.events([prompt], config):
+        for event in self.runner.events([prompt], config, restart_after_output=restart_after_output):
             yield from first(event)
         if first.answer_needed is not None:
             prompt, config = self._answer_run()
             answer = _State(None, before=first.answer_needed)
-            for event in self.runner.events([prompt], config):
+            for event in self.runner.events([prompt], config, restart_after_output=restart_after_output):
                 yield from answer(event)
 
-    async def apieces(self) -> AsyncIterator[Piece]:
+    async def apieces(self, *, restart_after_output: bool = False) -> AsyncIterator[Piece]:
         """:meth:`pieces` with the decoding steps in worker threads."""
         prompt, config = self._runs()
         first = _State(self.request)
-        async for event in self.runner.aevents([prompt], config):
+        async for event in self.runner.aevents([prompt], config, restart_after_output=restart_after_output):
             for piece in first(event):
                 yield piece
         if first.answer_needed is not None:
             prompt, config = self._answer_run()
             answer = _State(None, before=first.answer_needed)
-            async for event in self.runner.aevents([prompt], config):
+            async for event in self.runner.aevents([prompt], config, restart_after_output=restart_after_output):
                 for piece in answer(event):
                     yield piece
 
     def end(self) -> TurnEnd:
-        """The whole reply."""
-        return _last(self.pieces())
+        """The whole reply (out-of-memory retried at any point, as :meth:`Runner.results` does)."""
+        return _last(self.pieces(restart_after_output=True))
 
     async def aend(self) -> TurnEnd:
         """:meth:`end` with the decoding steps in worker threads."""
         out = None
-        async for piece in self.apieces():
+        async for piece in self.apieces(restart_after_output=True):
             out = piece
         assert isinstance(out, TurnEnd)
         return out
@@ -124,7 +128,8 @@ class _State:
         self.answer_needed: GenerationResult | None = None
 
     def __call__(self, event: Event) -> list[Piece]:
-        if isinstance(event, WeightsEvent):
+        if isinstance(event, WeightsEvent):  # the reply (re)starts: a retry begins it again
+            self.stream = self.request.stream() if self.request is not None else None
             return [event] if self.before is None else []
         if isinstance(event, TextEvent):
             return list(self.stream.feed(event.text)) if self.stream is not None else [event.text]
