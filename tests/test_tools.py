@@ -11,7 +11,6 @@ from packllm_integrations import ConfigError, PromptError, TextEvent
 from packllm_integrations.chat_format import TOOLS_SECTION, merge
 from packllm_integrations.replies import ReplyStream, call_form, parse_reply
 from packllm_integrations.tools import Conversation, Tool, ToolCall, normalise_tool_choice, tool_constraint
-from tests import tiny
 from tests.test_adapters_common import tool_engine
 
 ADD = Tool(
@@ -316,11 +315,6 @@ def test_repeated_calls_and_cut_calls():
     assert parse_reply('<tool_call>\n{"name": "mul", "arguments": {}}\n</tool_call>', TOOLS).invalid
     ids = {c.id for c in parse_reply(REPLIES[1]).calls}
     assert len(ids) == 2 and all(i.startswith("call_") for i in ids)
-
-
-def test_tiny_tool_tokenizer_is_what_the_tests_think():
-    tok = tiny.bytelevel_tool_tokenizer()
-    assert tok.convert_tokens_to_ids("<tool_call>") != tok.unk_token_id
 
 
 # ---- repeated calls (host) --------------------------------------------------------------------
