@@ -76,3 +76,39 @@ async def test_llama_index_function_agent_answers_a_two_step_task():
     assert calls == {("get_population", "rome"), ("get_weather", "rome")}
     assert {c.tool_output.content for c in result.tool_calls} == {"2.8 million", "rainy, 14 C"}
     _check_answer(result.response.content)
+
+
+FACTS = "Rome has 2.8 million people; today it is rainy, 14 C. Extract the city facts."
+
+
+def _city_facts():
+    from pydantic import BaseModel, Field
+
+    class CityFacts(BaseModel):
+        city: str = Field(max_length=16)
+        population: int  # as a string, the 1.5B member writes "{2.8 million}": it wants a number here
+        weather: str = Field(max_length=24)
+
+    return CityFacts
+
+
+def _check_facts(facts) -> None:
+    assert facts.city.lower() == "rome", facts
+    assert facts.population == 2_800_000 and "rain" in facts.weather.lower(), facts
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_langchain_structured_output_gets_the_facts(method):
+    from packllm_integrations.langchain import ChatPackLLM
+
+    model = ChatPackLLM(engine=engine(), max_tokens=64, temperature=0)
+    _check_facts(model.with_structured_output(_city_facts(), method=method).invoke(FACTS))
+
+
+def test_llama_index_structured_predict_gets_the_facts():
+    from llama_index.core.prompts import PromptTemplate
+
+    from packllm_integrations.llama_index import PackLLM
+
+    llm = PackLLM(engine=engine(), max_new_tokens=64, temperature=0)
+    _check_facts(llm.structured_predict(_city_facts(), PromptTemplate("{text}"), text=FACTS))
