@@ -16,6 +16,7 @@ is a :class:`~packllm_integrations.errors.ConfigError` naming ``constraint``.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,17 @@ class Constraint:
         """Output in the language of a Lark context-free grammar (llguidance's dialect; start rule ``start``)."""
         return cls("lark", grammar)
 
+    def problem(self) -> str | None:
+        """Why llguidance cannot take this constraint (an unsupported schema feature, a bad pattern), or None.
+
+        Checked without a vocabulary, so a schema can be refused where it is given, before
+        any member is asked.
+
+        >>> Constraint.json_schema({"type": "strnig"}).problem()
+        'Invalid type: strnig'
+        """
+        return _problem(self)
+
     def grammar(self) -> str:
         """The llguidance grammar of this constraint."""
         from llguidance import LLMatcher
@@ -93,6 +105,16 @@ class Constraint:
         return LLMatcher.grammar_from_lark(self.source)
 
 
+@functools.lru_cache(maxsize=256)
+def _problem(constraint: Constraint) -> str | None:
+    from llguidance import LLMatcher
+
+    try:
+        return LLMatcher.validate_grammar(constraint.grammar()) or None
+    except (ValueError, RuntimeError) as exc:  # a grammar the converter itself refuses
+        return str(exc)
+
+
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """JSON as ``json.dumps`` writes it: no free whitespace for a model to wander in."""
 
@@ -101,15 +123,33 @@ def closed_schema(schema: Any) -> Any:
     """``schema`` with ``additionalProperties: false`` wherever an object lists its properties and says nothing.
 
     What matches the closed schema matches the original (it is a subset), and a model is
-    kept from adding keys of its own after the ones asked for.
+    kept from adding keys of its own after the ones asked for. An object whose keys other
+    subschemas may add (``allOf``, ``anyOf``, ``oneOf``, ``$ref``, ``if``, ...) stays open, and so do
+    the branches of an ``allOf`` (each must accept the others' keys).
+
+    >>> closed_schema({"properties": {"a": {}}})
+    {'properties': {'a': {}}, 'additionalProperties': False}
+    >>> closed_schema({"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]})
+    {'allOf': [{'properties': {'a': {}}}, {'properties': {'b': {}}}]}
     """
+    return _closed(schema, close=True)
+
+
+_SHARED_KEYS = frozenset({"allOf", "anyOf", "oneOf", "$ref", "if", "then", "else", "dependentSchemas"})
+"""Keywords beside ``properties`` through which other subschemas may add keys to the same object."""
+
+
+def _closed(schema: Any, close: bool) -> Any:
     if isinstance(schema, Mapping):
-        out = {k: closed_schema(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out:
+        out = {
+            k: [_closed(v, False) for v in value] if k == "allOf" and isinstance(value, list) else _closed(value, True)
+            for k, value in schema.items()
+        }
+        if close and "properties" in out and "additionalProperties" not in out and not _SHARED_KEYS & out.keys():
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
-        return [closed_schema(v) for v in schema]
+        return [_closed(v, True) for v in schema]
     return schema
 
 

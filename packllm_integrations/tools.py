@@ -70,6 +70,13 @@ class Tool:
         p = self.parameters
         if not isinstance(p, Mapping) or p.get("type", "object") != "object":
             raise ConfigError("tools", p, f"an object JSON Schema for the arguments of tool {self.name!r}")
+        try:
+            problem = Constraint.json_schema(p).problem()
+        except TypeError as exc:  # not JSON
+            problem = str(exc)
+        if problem:
+            expected = f"arguments of tool {self.name!r} in a JSON Schema the grammar library takes ({problem})"
+            raise ConfigError("tools", p, expected)
 
     @classmethod
     def of(cls, spec: Tool | Mapping[str, Any]) -> Tool:
@@ -210,8 +217,11 @@ def _calls_schema(tools: Sequence[Tool]) -> dict[str, Any]:
         params = dict(tool.parameters)
         local = {**params.pop("$defs", {}), **params.pop("definitions", {})}
         rename = {f"#/{k}/{d}": f"#/$defs/t{i}.{d}" for k in ("$defs", "definitions") for d in local}
-        defs.update({f"t{i}.{d}": _renamed(v, rename) for d, v in local.items()})
-        arguments = _renamed(closed_schema(params), rename)
+        rename["#"] = f"#/$defs/t{i}"  # the arguments' own root (a recursive schema)
+        defs.update({f"t{i}.{d}": _renamed(v, rename, tool) for d, v in local.items()})
+        arguments = _renamed(closed_schema(params), rename, tool)
+        if f'"#/$defs/t{i}"' in json.dumps(arguments) + json.dumps(defs):  # quoted: not t{i}.Name
+            defs[f"t{i}"], arguments = arguments, {"$ref": f"#/$defs/t{i}"}
         options.append(
             {
                 "type": "object",
@@ -226,9 +236,21 @@ def _calls_schema(tools: Sequence[Tool]) -> dict[str, Any]:
     return {"x-guidance": dict(JSON_LAYOUT), **schema}
 
 
-def _renamed(schema: Any, rename: Mapping[str, str]) -> Any:
+def _renamed(schema: Any, rename: Mapping[str, str], tool: Tool) -> Any:
+    """``schema`` with its local ``$ref``s renamed; a local one it cannot follow to its new place is refused."""
     if isinstance(schema, Mapping):
-        return {k: rename.get(v, v) if k == "$ref" else _renamed(v, rename) for k, v in schema.items()}
+        out = {}
+        for k, v in schema.items():
+            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
+                if v not in rename:
+                    expected = (
+                        f"refs of tool {tool.name!r} to '#' or into '$defs' (a call's schema holds the arguments)"
+                    )
+                    raise ConfigError("tools", v, expected)
+                out[k] = rename[v]
+            else:
+                out[k] = _renamed(v, rename, tool)
+        return out
     if isinstance(schema, list):
-        return [_renamed(v, rename) for v in schema]
+        return [_renamed(v, rename, tool) for v in schema]
     return schema

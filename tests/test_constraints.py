@@ -54,6 +54,14 @@ SCHEMAS = {
         "properties": {"a": {"type": "boolean"}, "b": {"type": "string", "maxLength": 3}},
         "required": ["a"],
     },
+    "all-of": {  # each branch must accept the other's keys: neither may be closed (maxProperties ends it)
+        "type": "object",
+        "maxProperties": 2,
+        "allOf": [
+            {"properties": {"a": {"enum": [1, 2]}}, "required": ["a"]},
+            {"properties": {"b": {"type": "boolean"}}, "required": ["b"]},
+        ],
+    },
 }
 
 

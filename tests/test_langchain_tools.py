@@ -51,6 +51,7 @@ JOKE_SCHEMA = {
     "required": ["setup", "funny"],
 }
 QUESTION = [SystemMessage("Be brief."), HumanMessage("What is 2 + 5?")]
+FORCED = {"method": "function_calling"}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,10 @@ def test_a_cut_call_is_invalid_never_a_call(chat):
     assert reply.response_metadata["finish_reason"] == "length"
     streamed = list(chat.bind_tools([add], tool_choice="add").stream(QUESTION, max_tokens=6))
     assert not any(c.tool_call_chunks for c in streamed)
+    summed = sum(streamed[1:], streamed[0])
+    assert not summed.tool_calls and summed.response_metadata["finish_reason"] == "length"
+    (cut,) = summed.response_metadata["invalid_tool_calls"]  # a chunk cannot carry it: LangChain would parse it
+    assert cut["error"] == reply.invalid_tool_calls[0]["error"]
 
 
 def test_tool_history_goes_back_to_the_members(chat):
@@ -156,6 +161,12 @@ def test_bad_tool_arguments_raise_at_bind(chat, kwargs, match):
         chat.bind_tools([add], **kwargs)
 
 
+def test_a_tool_schema_the_grammar_cannot_take_raises_at_bind(chat):
+    bad = {"name": "t", "description": "d", "parameters": {"type": "object", "properties": {"a": {"type": "strnig"}}}}
+    with pytest.raises(ConfigError, match=r"tools=.*tool 't'.*Invalid type: strnig"):
+        chat.bind_tools([bad])
+
+
 def test_tools_and_stop_strings_do_not_mix(chat):
     with pytest.raises(ConfigError, match="stop"):
         chat.bind_tools([add]).invoke(QUESTION, stop=["\n"])
@@ -198,6 +209,14 @@ def test_a_cut_structured_output_is_an_error():
     out = short.with_structured_output(Joke, include_raw=True).invoke("Tell me a joke.")
     assert out["parsed"] is None and isinstance(out["parsing_error"], OutputParserException)
     assert out["raw"].response_metadata["finish_reason"] == "length"
+    streaming = ChatPackLLM(engine=tool_engine(), max_tokens=5, temperature=0, streaming=True)
+    for method in ("function_calling", "json_schema"):
+        with pytest.raises(OutputParserException):
+            streaming.with_structured_output(Joke, method=method).invoke("Tell me a joke.")
+    with pytest.raises(OutputParserException, match="cut"):  # json_schema streams LangChain's partial objects
+        list(short.with_structured_output(Joke, method="function_calling").stream("Tell me a joke."))
+    out = streaming.with_structured_output(Joke, method="function_calling", include_raw=True).invoke("A joke.")
+    assert out["parsed"] is None and "cut" in str(out["parsing_error"])
 
 
 @pytest.mark.parametrize(
@@ -206,6 +225,9 @@ def test_a_cut_structured_output_is_an_error():
         ((Joke,), {"method": "xml"}, "method='xml'"),
         ((None,), {}, "schema=None"),
         ((Joke,), {"temperature": 0.5}, "temperature"),
+        (({"type": "object", "properties": {"a": {"type": "strnig"}}},), {}, "schema=.*strnig"),
+        (({"title": "J", "type": "object", "properties": {"a": {"type": "strnig"}}},), FORCED, "schema=.*strnig"),
+        (({"title": "Joke schema", "type": "object", "properties": {}},), FORCED, "schema=.*tool names"),
     ],
 )
 def test_bad_structured_output_arguments_raise(chat, args, kwargs, match):

@@ -75,6 +75,9 @@ def test_streamed_calls_equal_the_whole_reply(llm):
     got = [(s.tool_name, s.tool_kwargs) for s in llm.get_tool_calls_from_response(last)]
     assert got == [(s.tool_name, s.tool_kwargs) for s in llm.get_tool_calls_from_response(whole)]
     assert last.additional_kwargs["finish_reason"] == "stop"
+    # streaming agents match a call's result to the call by id: the streamed ids are the final ones
+    streamed = [s.tool_id for r in responses[:-1] for s in llm.get_tool_calls_from_response(r, False)]
+    assert streamed and set(streamed) == {s.tool_id for s in llm.get_tool_calls_from_response(last)}
 
 
 async def test_async_with_tools(llm):

@@ -256,6 +256,29 @@ def test_every_call_validates(engine, reference, temperature, choice):
             assert all("cut" in c.error for c in reply.invalid)
 
 
+def test_a_recursive_tool_schema_validates(engine):
+    tree = Tool(  # "#" is the arguments' own root: the call's schema must keep it pointing there
+        "tree",
+        "A tree.",
+        {
+            "type": "object",
+            "properties": {"child": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}, "v": {"enum": [1]}},
+            "required": ["child", "v"],
+        },
+    )
+    constraint = tool_constraint([tree, NESTED], "tree")
+    results = engine.generate_batch(
+        [Conversation(QUESTION, [tree])] * 4, temperature=1.0, seed=1, constraint=constraint, max_new_tokens=200
+    )
+    calls = [c for r in results if r.finish_reason == "stop" for c in parse_reply(r.text, [tree]).calls]
+    assert calls
+    for call in calls:
+        _valid(call, [tree])
+    other = Tool("t", "d", {"type": "object", "properties": {"a": {"$ref": "#/properties/b"}, "b": {"type": "null"}}})
+    with pytest.raises(ConfigError, match="tools='#/properties/b'"):
+        tool_constraint([other])
+
+
 def test_none_never_calls(engine):
     result = engine.generate(Conversation(QUESTION, TOOLS), constraint=tool_constraint(TOOLS, "none"), seed=1)
     assert call_form(result.text) == "text"
@@ -339,3 +362,13 @@ def test_calls_the_conversation_answered_are_left_out_under_auto():
     assert allowed.given(HISTORY).reply(text).calls
     with pytest.raises(ConfigError, match="allow_repeated_calls"):
         split_call({"tools": TOOLS, "allow_repeated_calls": "yes"})
+
+
+def test_a_call_answered_before_the_last_user_message_is_a_new_question():
+    from packllm_integrations.host import ToolRequest
+
+    asked_again = [*HISTORY, {"role": "assistant", "content": "7"}, {"role": "user", "content": "And now?"}]
+    request = ToolRequest.of(TOOLS).given(asked_again)
+    reply = request.reply(f"<tool_call>\n{CALL}\n</tool_call>")
+    assert [c.name for c in reply.calls] == ["add"] and reply.repeats == 0
+    assert request.results == ()  # the earlier turn's results do not answer this one

@@ -73,18 +73,24 @@ class ToolRequest:
         return Conversation(list(messages), self.tools)
 
     def given(self, messages: Sequence[Mapping[str, Any]]) -> ToolRequest:
-        """This request knowing the conversation: which calls it already answered, and its results."""
-        answered_ids = {m.get("tool_call_id") for m in messages if m["role"] == "tool"}
+        """This request knowing the conversation: which calls this turn already answered, and their results.
+
+        The turn is what follows the last user message: a call answered before it (the time,
+        asked again) is a new question, not a repeat.
+        """
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        turn = messages[users[-1] + 1 :] if users else messages
+        answered_ids = {m.get("tool_call_id") for m in turn if m["role"] == "tool"}
         keys = set()
-        for i, m in enumerate(messages):
+        for i, m in enumerate(turn):
             for call in m.get("tool_calls") or []:
-                later_result = any(r["role"] == "tool" for r in messages[i + 1 :])
+                later_result = any(r["role"] == "tool" for r in turn[i + 1 :])
                 if call.id in answered_ids or (not call.id and later_result):
                     keys.add(call_key(call))
-        names = {c.id: c.name for m in messages for c in m.get("tool_calls") or []}
+        names = {c.id: c.name for m in turn for c in m.get("tool_calls") or []}
         results = tuple(
             (str(m.get("name") or names.get(m.get("tool_call_id"), "tool")), m["content"])
-            for m in messages
+            for m in turn
             if m["role"] == "tool"
         )
         skip = self.repeats or self.choice != "auto"  # a call asked for is made, repeat or not

@@ -151,8 +151,8 @@ class _State:
         ):
             self.answer_needed = result
             return out
-        reply = self.request.reply(result.text)
-        return [*out, TurnEnd(result, reply.content, reply.calls, reply.invalid)]
+        reply = self.request.reply(result.text)  # the content and the invalid calls; the calls are those streamed
+        return [*out, TurnEnd(result, reply.content, list(s.calls), reply.invalid)]
 
 
 def _summed(before: GenerationResult | None, result: GenerationResult) -> GenerationResult:

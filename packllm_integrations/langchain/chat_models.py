@@ -19,7 +19,7 @@ from ..events import GenerationResult
 from ..host import ToolRequest, constrained, split_call
 from ..host.turns import ChatTurn, Piece, TurnEnd
 from ._pack import PackSettings, generation_info
-from .messages import delta_chunk, reply_message, to_chat_messages
+from .messages import delta_chunk, invalid_calls, reply_message, to_chat_messages
 from .structured import structured_output
 
 __all__ = ["ChatPackLLM", "to_chat_messages"]
@@ -210,10 +210,13 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         if isinstance(piece, (str, ToolCall)):
             return ChatGenerationChunk(message=delta_chunk(piece, calls))
         if isinstance(piece, TurnEnd):
+            metadata = self._reply_metadata(piece)
+            if piece.invalid:  # a chunk cannot carry an invalid call: LangChain would parse a cut one as a call
+                metadata["invalid_tool_calls"] = invalid_calls(piece.invalid)
             message = AIMessageChunk(
                 content="",
                 usage_metadata=_usage(piece.result),
-                response_metadata=self._reply_metadata(piece),
+                response_metadata=metadata,
                 chunk_position="last",
             )
             return ChatGenerationChunk(message=message, generation_info=generation_info(piece.result))

@@ -15,13 +15,13 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.messages.tool import InvalidToolCall, invalid_tool_call, tool_call, tool_call_chunk
 
 from .. import InvalidCall, ToolCall
 from ..errors import PromptError
 from ..host import merge_messages
 
-__all__ = ["delta_chunk", "reply_message", "to_chat_messages"]
+__all__ = ["delta_chunk", "invalid_calls", "reply_message", "to_chat_messages"]
 
 _CALL_BLOCKS = frozenset({"tool_call", "tool_use", "tool_call_chunk", "invalid_tool_call", "server_tool_call"})
 """Content blocks of an AI message that hold its calls (read from ``tool_calls`` instead)."""
@@ -90,9 +90,14 @@ def reply_message(content: str, calls: Sequence[ToolCall], invalid: Sequence[Inv
     return AIMessage(
         content=content,
         tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in calls],
-        invalid_tool_calls=[invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error) for c in invalid],
+        invalid_tool_calls=invalid_calls(invalid),
         **fields,
     )
+
+
+def invalid_calls(invalid: Sequence[InvalidCall]) -> list[InvalidToolCall]:
+    """The calls that did not parse, as LangChain's ``invalid_tool_calls`` entries."""
+    return [invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error) for c in invalid]
 
 
 def delta_chunk(piece: str | ToolCall, index: int) -> AIMessageChunk:

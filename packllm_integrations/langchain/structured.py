@@ -40,7 +40,10 @@ def structured_output(
     if method == "function_calling":
         tool = convert_to_openai_tool(schema)  # type: ignore[arg-type]
         name = tool["function"]["name"]
-        bound = model.bind_tools([tool], tool_choice=name, parallel_tool_calls=False, **trace)
+        try:
+            bound = model.bind_tools([tool], tool_choice=name, parallel_tool_calls=False, **trace)
+        except ConfigError as exc:  # the schema, as the tool it becomes, is what is wrong
+            raise ConfigError("schema", schema, f"a schema for a forced call: {exc.expected}") from None
         if pydantic:
             tools_parser: Any = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
         else:
@@ -48,6 +51,8 @@ def structured_output(
         parser = RunnableLambda(_called) | tools_parser
     else:
         constraint = Constraint.json() if schema is None else Constraint.json_schema(_json_schema(schema))
+        if problem := constraint.problem():
+            raise ConfigError("schema", schema, f"a JSON Schema the grammar library takes ({problem})")
         bound = model.bind(constraint=constraint, **trace)
         parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()  # type: ignore[arg-type]
     if not include_raw:
@@ -58,13 +63,15 @@ def structured_output(
 
 
 def _called(message: AIMessage) -> AIMessage:
-    """``message``, unless its call did not parse (cut by ``max_tokens``): then an ``OutputParserException``."""
-    if not message.tool_calls and message.invalid_tool_calls:
-        bad = message.invalid_tool_calls[0]
+    """``message``, unless its forced call is missing (cut by ``max_tokens``): then an ``OutputParserException``.
+
+    Streamed, the cut call is in ``response_metadata["invalid_tool_calls"]`` (see ``ChatPackLLM._chunk``).
+    """
+    if not message.tool_calls:
+        invalid = message.invalid_tool_calls or message.response_metadata.get("invalid_tool_calls") or []
+        why = invalid[0].get("error") if invalid else "the reply holds no call"
         finish = message.response_metadata.get("finish_reason")
-        raise OutputParserException(
-            f"the structured output did not parse: {bad.get('error')} (finish_reason={finish!r})"
-        )
+        raise OutputParserException(f"the structured output did not parse: {why} (finish_reason={finish!r})")
     return message
 
 
