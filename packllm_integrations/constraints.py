@@ -109,10 +109,7 @@ class Constraint:
 def _problem(constraint: Constraint) -> str | None:
     from llguidance import LLMatcher
 
-    try:
-        return LLMatcher.validate_grammar(constraint.grammar()) or None
-    except (ValueError, RuntimeError) as exc:  # a grammar the converter itself refuses
-        return str(exc)
+    return LLMatcher.validate_grammar(constraint.grammar()) or None  # it reports, never raises
 
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}

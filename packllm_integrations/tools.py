@@ -209,19 +209,18 @@ def tool_constraint(tools: Sequence[Tool], choice: str = "auto", *, parallel: bo
 
 
 def _calls_schema(tools: Sequence[Tool]) -> dict[str, Any]:
-    """One JSON Schema for a call of any of ``tools``: their ``$defs`` gathered at the root, renamed per tool
-    (``t0.Name``, ``t1.Name``...)."""
+    """One JSON Schema for a call of any of ``tools``: each tool's arguments and ``$defs`` gathered at the root,
+    named per tool (``t0``, ``t0.Name``, ``t1``...), so that each tool's refs, ``#`` included, keep their target."""
     defs: dict[str, Any] = {}
     options = []
     for i, tool in enumerate(tools):  # tools may share a name: each is offered, a call validates against one
         params = dict(tool.parameters)
         local = {**params.pop("$defs", {}), **params.pop("definitions", {})}
         rename = {f"#/{k}/{d}": f"#/$defs/t{i}.{d}" for k in ("$defs", "definitions") for d in local}
-        rename["#"] = f"#/$defs/t{i}"  # the arguments' own root (a recursive schema)
+        rename["#"] = f"#/$defs/t{i}"  # the arguments live at t{i}: their own root (recursive schemas) too
         defs.update({f"t{i}.{d}": _renamed(v, rename, tool) for d, v in local.items()})
-        arguments = _renamed(closed_schema(params), rename, tool)
-        if f'"#/$defs/t{i}"' in json.dumps(arguments) + json.dumps(defs):  # quoted: not t{i}.Name
-            defs[f"t{i}"], arguments = arguments, {"$ref": f"#/$defs/t{i}"}
+        defs[f"t{i}"] = _renamed(closed_schema(params), rename, tool)
+        arguments = {"$ref": f"#/$defs/t{i}"}
         options.append(
             {
                 "type": "object",
@@ -231,8 +230,7 @@ def _calls_schema(tools: Sequence[Tool]) -> dict[str, Any]:
             }
         )
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    if defs:
-        schema = {**schema, "$defs": closed_schema(defs)}
+    schema = {**schema, "$defs": closed_schema(defs)}
     return {"x-guidance": dict(JSON_LAYOUT), **schema}
 
 

@@ -196,16 +196,29 @@ def test_structured_output_streams_and_keeps_the_raw_reply(chat):
 
 
 def test_json_mode_without_a_schema_is_any_object(chat):
-    result = chat.with_structured_output(None, method="json_mode").invoke("Some JSON, please.", max_tokens=200)
-    assert isinstance(result, dict)
+    any_object = chat.with_structured_output(None, method="json_mode", include_raw=True)
+    whole = any_object.invoke("JSON, please.", max_tokens=24)
+    assert whole["raw"].response_metadata["finish_reason"] == "stop"
+    assert isinstance(whole["parsed"], dict) and whole["parsed"] == json.loads(whole["raw"].content)
+    cut = any_object.invoke("Some JSON, please.", max_tokens=24)  # a key the random members never end
+    assert cut["raw"].content.startswith('{"') and cut["parsed"] is None
+    assert "finish_reason='length'" in str(cut["parsing_error"])
+    result = chat.with_structured_output(JOKE_SCHEMA, method="json_mode").invoke("A joke.")
+    jsonschema.validate(result, JOKE_SCHEMA)
 
 
 def test_a_cut_structured_output_is_an_error():
     short = ChatPackLLM(engine=tool_engine(), max_tokens=5, temperature=0)
     with pytest.raises(OutputParserException, match="cut"):
         short.with_structured_output(Joke, method="function_calling").invoke("Tell me a joke.")
-    with pytest.raises(OutputParserException):
-        short.with_structured_output(Joke).invoke("Tell me a joke.")
+    for schema, method in (
+        (Joke, "json_schema"),
+        (JokeDict, "json_schema"),
+        (JOKE_SCHEMA, "json_schema"),
+        (None, "json_mode"),
+    ):
+        with pytest.raises(OutputParserException):  # never LangChain's partial object of the cut JSON
+            short.with_structured_output(schema, method=method).invoke("Tell me a joke.")
     out = short.with_structured_output(Joke, include_raw=True).invoke("Tell me a joke.")
     assert out["parsed"] is None and isinstance(out["parsing_error"], OutputParserException)
     assert out["raw"].response_metadata["finish_reason"] == "length"

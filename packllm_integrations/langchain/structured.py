@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from operator import itemgetter
 from typing import Any
 
@@ -9,6 +10,7 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import BaseOutputParser, JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+from langchain_core.outputs import Generation
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel
@@ -54,12 +56,39 @@ def structured_output(
         if problem := constraint.problem():
             raise ConfigError("schema", schema, f"a JSON Schema the grammar library takes ({problem})")
         bound = model.bind(constraint=constraint, **trace)
-        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()  # type: ignore[arg-type]
+        parser = _WholePydantic(pydantic_object=schema) if pydantic else _WholeJson()  # type: ignore[arg-type]
     if not include_raw:
         return bound | parser
     parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
     failed = RunnablePassthrough.assign(parsed=lambda _: None)
     return RunnableMap(raw=bound) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+
+class _Whole:
+    """A JSON parser that takes only a whole reply: LangChain's would read a cut one (``{"set``) as a partial
+    object. Streamed chunks still parse as partial objects, as LangChain's do."""
+
+    def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        if not partial:
+            text = result[0].text
+            message = getattr(result[0], "message", None)
+            finish = message.response_metadata.get("finish_reason") if message is not None else None
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as exc:
+                why = f"the structured output did not parse: {exc} (finish_reason={finish!r})"
+                raise OutputParserException(why, llm_output=text) from None
+            if finish == "length":
+                raise OutputParserException("the structured output was cut by max_tokens", llm_output=text)
+        return super().parse_result(result, partial=partial)  # type: ignore[misc]
+
+
+class _WholeJson(_Whole, JsonOutputParser):
+    """:class:`_Whole` for dicts (TypedDicts, JSON Schemas, JSON mode)."""
+
+
+class _WholePydantic(_Whole, PydanticOutputParser):  # type: ignore[type-arg]
+    """:class:`_Whole` for pydantic models."""
 
 
 def _called(message: AIMessage) -> AIMessage:
