@@ -28,9 +28,9 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from packllm_integrations import alignment
-from packllm_integrations.catalog import CATALOG, is_installed
-from packllm_integrations.loading import _cached_catalog_model, cache_dir, load_vocab_map
+from packllm_integrations.alignment import mined as alignment
+from packllm_integrations.loading.catalog import CATALOG, is_installed
+from packllm_integrations.loading.loaders import _cached_catalog_model, cache_dir, load_vocab_map
 
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
 

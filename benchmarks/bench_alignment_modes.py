@@ -38,10 +38,10 @@ from bench_engine import BATCH  # the engine benchmark's 8 prompts (this folder 
 from transformers.utils import logging as hf_logging
 
 from packllm_integrations import FinishEvent, GenerationConfig, Member, PackEngine, WeightsEvent
-from packllm_integrations.catalog import DEFAULT_PACK
+from packllm_integrations.alignment.projection import Projection
 from packllm_integrations.eval.data import lee_task, stdlib_code_task
 from packllm_integrations.loading import load_member, load_vocab_map
-from packllm_integrations.projection import Projection
+from packllm_integrations.loading.catalog import DEFAULT_PACK
 
 SHORT = {"smollm2-135m": "SmolLM2", "gemma3-270m": "Gemma3", "qwen2.5-coder-0.5b": "Qwen-coder"}
 MODES = [("mined", "reference"), ("mined", "own"), ("natural", "reference"), ("natural", "own")]

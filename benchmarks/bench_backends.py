@@ -210,8 +210,8 @@ def bits_per_byte(engine: PackEngine) -> float:
 
 
 def part_remote(n: int, out: list[str]) -> None:
-    from packllm_integrations.gguf_files import catalog_gguf
     from packllm_integrations.loading import cache_dir
+    from packllm_integrations.loading.gguf_files import catalog_gguf
     from tests.servers import LlamaServer
 
     names = ["smollm2-135m", "qwen2.5-coder-0.5b"]

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from packllm_integrations import DEFAULT_PACK, Constraint, PackEngine, load_member  # noqa: E402
-from packllm_integrations.constraints import Grammars  # noqa: E402
+from packllm_integrations.structured.constraints import Grammars  # noqa: E402
 
 STR, INT, NUM, BOOL = {"type": "string", "maxLength": 24}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 

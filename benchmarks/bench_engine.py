@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from packllm_integrations import Member, PackEngine, load_member
-from packllm_integrations.planning import Pack, plan_prompts
+from packllm_integrations.decoding.planning import PackView, plan_prompts
 
 PACK = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
 PROSE = (
@@ -171,7 +171,7 @@ def main() -> None:
 
     # 3. KV caches vs recomputing every member on the whole sequence
     steps = 128
-    plans = plan_prompts(Pack(members, pack.vocab_map, pack.projection), [[PROSE] * len(members)], 0).plans
+    plans = plan_prompts(PackView(members, pack.vocab_map, pack.projection), [[PROSE] * len(members)], 0).plans
     plan = plans[0]
     w = [1 / len(members)] * len(members)
     sampled = [0, 32, 64, 96, 127] if not args.quick else [0, 127]

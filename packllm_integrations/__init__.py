@@ -9,10 +9,10 @@ Example:
     >>> print(engine.generate("def fibonacci(n):", max_new_tokens=48).text)  # doctest: +SKIP
 """
 
-from .backends import Member, MemberBackend, SparseScores
-from .catalog import CATALOG, DEFAULT_PACK
+from typing import Any
+
+from .backends import MemberBackend, SparseScores
 from .config import GenerationConfig
-from .constraints import Constraint
 from .engine import PackEngine, Prompt
 from .errors import (
     BackendError,
@@ -27,8 +27,9 @@ from .errors import (
     PromptTooLongError,
 )
 from .events import FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage, WeightsEvent
-from .loading import MemberSpec, load_member, load_pack
-from .tools import Conversation, InvalidCall, Tool, ToolCall
+from .loading import CATALOG, DEFAULT_PACK, MemberSpec, load_member, load_pack
+from .structured.constraints import Constraint
+from .structured.tools import Conversation, InvalidCall, Tool, ToolCall
 
 __version__ = "0.1.0"
 
@@ -61,8 +62,17 @@ __all__ = [
     "TextEvent",
     "Tool",
     "ToolCall",
+    "TransformersMember",
     "Usage",
     "WeightsEvent",
     "load_member",
     "load_pack",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TransformersMember", "Member"):  # the transformers backend imports transformers: only when used
+        from . import backends
+
+        return getattr(backends, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

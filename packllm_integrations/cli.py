@@ -18,15 +18,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .catalog import CATALOG, DEFAULT_PACK, is_installed
+from .config import STRATEGIES
 from .errors import ConfigError, PackLLMError, PromptError
-from .weighting import STRATEGIES
+from .eval.cli import SUBCOMMANDS as EVAL_SUBCOMMANDS
+from .loading.catalog import CATALOG, DEFAULT_PACK, is_installed
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
-"""Extra subcommands registered by other modules: name -> function adding its parser.
-The parser must set ``func`` (called with the parsed arguments; returns an exit code)."""
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = dict(EVAL_SUBCOMMANDS)
+"""Subcommands added beside generate, weights and models: name -> function adding its parser
+(``packllm eval`` and ``packllm eval-report``). The parser sets ``func``, called with the
+parsed arguments, which returns an exit code."""
 
 
 def _pack_options(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +165,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _constraint(args: argparse.Namespace) -> Any:
     """The constraint of ``--json-schema``, ``--regex`` or ``--grammar`` (None: free text)."""
-    from .constraints import Constraint
+    from .structured.constraints import Constraint
 
     if args.regex is not None:
         return Constraint.regex(args.regex)
@@ -231,24 +233,12 @@ def _summary(weights: dict[str, float], perplexity: dict[str, float | None], ref
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for bad input)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    _load_plugins()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except PackLLMError as exc:
         print(f"packllm: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _load_plugins() -> None:
-    """Import modules that register extra subcommands, when their dependencies are installed."""
-    import importlib
-
-    for module in ("packllm_integrations.eval.cli",):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .constraints import Constraint
 from .errors import ConfigError
-from .weighting import STRATEGIES
+from .structured.constraints import Constraint
 
-__all__ = ["GenerationConfig", "setting_doc"]
+__all__ = ["GenerationConfig", "STRATEGIES", "setting_doc"]
+
+STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
+"""The weighting strategies (:mod:`.decoding.weighting` computes them)."""
 
 
 def _setting(default: Any, doc: str) -> Any:

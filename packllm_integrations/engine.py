@@ -14,18 +14,18 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .alignment import VocabMap
+from .alignment.mined import VocabMap
+from .alignment.projection import Projection
 from .backends.base import MemberBackend
-from .chat_format import chat_messages, check_text
 from .config import GenerationConfig
-from .constraints import Grammars
-from .decoding import Session
+from .decoding.planning import PackView
+from .decoding.scoring import score_continuations
+from .decoding.session import Session
 from .errors import ConfigError, PromptError
 from .events import Event, GenerationResult, ScoreResult, WeightsEvent, collect_results
-from .planning import Pack
-from .projection import Projection
-from .scoring import score_continuations
-from .tools import Conversation, Tool
+from .structured.chat_format import chat_messages, check_text
+from .structured.constraints import Grammars
+from .structured.tools import Conversation, Tool
 
 __all__ = ["PackEngine", "Prompt"]
 
@@ -77,7 +77,7 @@ class PackEngine:
         self._projections: dict[tuple[int, int], Projection | None] = {}
         self._lock = threading.Lock()
         self._fingerprints = [m.tokenizer_fingerprint for m in members]
-        self._pack = Pack(self.members, self.vocab_map, self.projection)
+        self._pack = PackView(self.members, self.vocab_map, self.projection)
         self._grammars = Grammars()  # constraints' compiled tokenizers, per vocabulary
         _check_config(config)
         self.config = self._checked((config or GenerationConfig()).merged(**overrides))
@@ -95,7 +95,7 @@ class PackEngine:
 
         Without ``models`` the default pack is loaded (``packllm models`` lists it).
         """
-        from .loading import load_pack
+        from .loading.loaders import load_pack
 
         return cls(load_pack(models, progress=progress), config, progress=progress, **overrides)
 
@@ -128,7 +128,7 @@ class PackEngine:
             if key not in self._maps:
                 value = None
                 if self._fingerprints[reference] != self._fingerprints[member]:
-                    from .loading import load_vocab_map
+                    from .loading.vocab_maps import load_vocab_map
 
                     ref, mem = self.members[reference], self.members[member]
                     value = load_vocab_map(ref.tokenizer, mem.tokenizer, mem.logits_width, progress=self.progress)

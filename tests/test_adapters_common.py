@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from packllm_integrations import PackEngine
-from packllm_integrations.catalog import is_installed
+from packllm_integrations.loading.catalog import is_installed
 from tests import tiny
 
 REAL_PACK = ("smollm2-135m", "qwen2.5-coder-0.5b")

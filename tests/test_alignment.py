@@ -9,8 +9,11 @@ import torch
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
-from packllm_integrations import Member, alignment, mined_index
-from packllm_integrations.alignment import _nearest, build_vocab_map, token_bytes, vocabulary_fingerprint
+from packllm_integrations import Member
+from packllm_integrations.alignment import mined as alignment
+from packllm_integrations.alignment import mined_index
+from packllm_integrations.alignment.mined import _nearest, build_vocab_map
+from packllm_integrations.alignment.vocabulary import token_bytes, vocabulary_fingerprint
 from packllm_integrations.loading import load_vocab_map
 
 
@@ -113,8 +116,8 @@ def test_lane_arithmetic_matches_bytes() -> None:
 def test_nearest_on_real_tokenizers_matches_brute_force() -> None:
     from transformers import AutoTokenizer
 
-    from packllm_integrations.catalog import CATALOG, is_installed
-    from packllm_integrations.loading import _cached_catalog_model
+    from packllm_integrations.loading.catalog import CATALOG, is_installed
+    from packllm_integrations.loading.loaders import _cached_catalog_model
 
     names = ("smollm2-135m", "qwen2.5-coder-0.5b")
     if not all(is_installed(n) for n in names):
@@ -165,7 +168,7 @@ def test_map_into_padded_vocabulary(bl: Member, sp: Member) -> None:
 
 
 def test_cache_round_trip_and_fingerprints(bl: Member, sp: Member, tmp_path: Path, monkeypatch) -> None:
-    from packllm_integrations import loading
+    from packllm_integrations.loading import vocab_maps as loading
 
     built = load_vocab_map(sp.tokenizer, bl.tokenizer, bl.logits_width, progress=False, cache=tmp_path)
     files = list(tmp_path.iterdir())

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from packllm_integrations import ConfigError, caching
+from packllm_integrations import ConfigError
+from packllm_integrations.loading import caching
 
 
 def _folder(path: Path, weights_bytes: int) -> Path:

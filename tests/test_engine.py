@@ -19,7 +19,7 @@ from packllm_integrations import (
     TextEvent,
     WeightsEvent,
 )
-from packllm_integrations.decoding import Session
+from packllm_integrations.decoding.session import Session
 
 PROMPT = "The function returns the value of the"
 PROMPTS = [PROMPT, "import os\nimport sys\n\ndef main(", "A class is"]
@@ -56,7 +56,7 @@ def test_weights_one_zero_reproduce_first_member_logits(bl: Member, sp: Member) 
         for _ in range(3):
             fused = session.fused([0], 0)
             vocab = pack[0].vocab_size
-            assert torch.equal(fused, session.next[0][:, :vocab])
+            assert torch.equal(fused, session.aligners[0].next[:, :vocab])
             session.feed(session.choose())
         alone = PackEngine([pack[0]]).generate(PROMPT, max_new_tokens=10)
         assert engine.generate(PROMPT, max_new_tokens=10).text == alone.text
@@ -362,10 +362,12 @@ def test_session_state_is_per_request(bl: Member, sp: Member) -> None:
     assert isinstance(a, Session) and a is not b
     a.prefill()
     b.prefill()
-    assert a.next[0] is not b.next[0] and a.next[1] is not b.next[1]
     for k in range(2):
-        assert a.caches[k] is None or a.caches[k] is not b.caches[k]
-        assert a.readers[k] is None or a.readers[k] is not b.readers[k]
+        mine, theirs = a.aligners[k], b.aligners[k]
+        assert mine is not theirs and mine.next is not theirs.next
+        assert type(mine) is type(theirs)
+        assert getattr(mine, "cache", None) is None or mine.cache is not theirs.cache
+        assert getattr(mine, "reader", None) is None or mine.reader is not theirs.reader
 
 
 def own_total(member: Member, text: str, first: int = 1) -> tuple[float, int, int]:

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from packllm_integrations import DEFAULT_PACK, PackEngine
-from packllm_integrations.catalog import is_installed
 from packllm_integrations.eval import MCItem, MultipleChoiceTask, TextTask, evaluate, standard_methods
+from packllm_integrations.loading.catalog import is_installed
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import torch
 
 from packllm_integrations import GenerationTimeoutError, Member, MemberError, PackEngine, TextEvent
 from packllm_integrations.backends import transformers as transformers_backend
-from packllm_integrations.faults import bad_rows
+from packllm_integrations.decoding.faults import bad_rows
 
 PROMPT = "The function returns the value of the"
 LONG = " ".join(["The function returns the value of the attribute named by the string."] * 6)
@@ -107,6 +107,60 @@ def test_a_raising_backend_is_a_member_error_with_its_cause(bl: Member, sp: Memb
     with faulty(sp, "raise", armed=False) as fault, pytest.raises(MemberError, match="device went away") as caught:
         stream_with_fault(engine, fault, 2, max_new_tokens=12)
     assert isinstance(caught.value.__cause__, RuntimeError) and caught.value.member == sp.name
+
+
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
+@pytest.mark.parametrize("fixed_reference", [True, False])
+def test_a_backend_raising_at_the_prefill_is_a_member_error(bl: Member, sp: Member, alignment, fixed_reference) -> None:
+    engine = PackEngine([bl, sp], progress=False, alignment=alignment, reference=bl.name if fixed_reference else None)
+    calls = {
+        "generate": lambda: engine.generate(PROMPT, max_new_tokens=4),
+        "stream": lambda: list(engine.stream(PROMPT, max_new_tokens=4)),
+        "weights": lambda: engine.weights(PROMPT),
+        "score": lambda: engine.score([(PROMPT, " name")]),
+    }
+    with faulty(sp, "raise"):
+        for name, call in calls.items():
+            with pytest.raises(MemberError, match="device went away") as caught:
+                call()
+            error = caught.value
+            assert (error.member, error.step) == (sp.name, None), name
+            assert isinstance(error.__cause__, RuntimeError), name
+    assert engine.generate(PROMPT, max_new_tokens=4).usage.completion_tokens == 4  # nothing was left behind
+
+
+async def test_a_backend_raising_at_the_prefill_reaches_both_adapters_as_a_member_error(bl: Member, sp: Member) -> None:
+    from packllm_integrations.langchain import ChatPackLLM
+    from packllm_integrations.llama_index import PackLLM as LlamaPackLLM
+
+    engine = PackEngine([bl, sp], progress=False, reference=bl.name)
+    chat = ChatPackLLM(engine=engine, max_tokens=4)
+    llama = LlamaPackLLM(engine=engine, max_new_tokens=4)
+    with faulty(sp, "raise"):
+        with pytest.raises(MemberError, match=sp.name):
+            async for _ in chat.astream("Hello"):
+                pass
+        with pytest.raises(MemberError, match=sp.name):
+            await llama.acomplete("Hello")
+        with pytest.raises(MemberError, match=sp.name):
+            chat.batch(["Hello", "Hi"])
+
+
+@pytest.mark.parametrize("weighting", ["sim", "opt", "uniform"])
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
+def test_score_with_a_nan_member_raises_or_drops(bl: Member, sp: Member, weighting: str, alignment: str) -> None:
+    pairs = [(PROMPT, " name"), ("The cat sat on the", " mat")]
+    engine = PackEngine([bl, sp], progress=False, reference=bl.name, weighting=weighting, alignment=alignment)
+    with faulty(sp, "nan"):
+        with pytest.raises(MemberError) as caught:
+            engine.score(pairs)
+        assert (caught.value.member, caught.value.step, caught.value.prompts) == (sp.name, None, (0,))
+        dropped = engine.score(pairs, on_member_error="drop")
+    alone = PackEngine([bl], progress=False).score(pairs)
+    for got, want in zip(dropped, alone, strict=True):
+        assert got.weights == {bl.name: 1.0, sp.name: 0.0}
+        assert math.isclose(got.logprob, want.logprob, rel_tol=1e-6, abs_tol=1e-9)
+        assert math.isnan(got.prompt_perplexity[sp.name])
 
 
 @pytest.mark.parametrize("alignment", ["mined", "natural"])

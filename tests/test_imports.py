@@ -1,12 +1,15 @@
 """The house rules, read from the package's own imports (docs/ARCHITECTURE.md draws them).
 
 Every import statement of every module is collected with :mod:`ast` (lazy imports inside
-functions included; ``if TYPE_CHECKING:`` blocks left out, they never run).
+functions included; ``if TYPE_CHECKING:`` blocks left out where they never run, and read
+too for the cycle check that includes them).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,6 @@ ADAPTERS = ("packllm_integrations.langchain", "packllm_integrations.llama_index"
 PUBLIC = {
     "packllm_integrations",
     "packllm_integrations.aio",
-    "packllm_integrations.catalog",
     "packllm_integrations.config",
     "packllm_integrations.engine",
     "packllm_integrations.errors",
@@ -27,15 +29,42 @@ PUBLIC = {
 # The loader and its GGUF helper (which builds a GGUF's tokenizer) use transformers too.
 TRANSFORMERS_OWNERS = {
     "packllm_integrations.backends.transformers",
-    "packllm_integrations.loading",
-    "packllm_integrations.gguf_files",
+    "packllm_integrations.loading.loaders",
+    "packllm_integrations.loading.gguf_files",
 }
 # Each backend library belongs to its own backend module.
 LIBRARY_OWNERS = {
     "llama_cpp": "packllm_integrations.backends.llama_cpp",
     "httpx": "packllm_integrations.backends.remote",
-    "llguidance": "packllm_integrations.constraints",
+    "llguidance": "packllm_integrations.structured.constraints",
 }
+# The layers, lowest first: a module imports from its own layer or lower ones only. A name
+# is a module or a folder (package) below packllm_integrations; the longest one that
+# holds a module gives its layer; "" is the package itself (its public API, on top).
+LAYERS = (
+    ("errors", "events", "alignment.vocabulary"),  # no import from the package
+    ("structured",),  # grammars, tools, replies, chat formats
+    ("config",),  # the request's settings (a constraint among them)
+    ("backends",),  # members: one file per kind
+    ("alignment",),  # vocabulary maps, natural reading, projections
+    ("loading",),  # specs and files -> backends; caches
+    ("decoding",),  # the session and its pure functions
+    ("engine", "aio"),  # the public engine
+    ("host",),  # what every front end shares
+    ("langchain", "llama_index", "eval", "cli", ""),  # front ends, and the package's root
+)
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("packllm_integrations").removeprefix(".")
+    best, found = -1, None
+    for level, names in enumerate(LAYERS):
+        for prefix in names:
+            holds = name == prefix or name.startswith(prefix + ".") or prefix == ""
+            if holds and len(prefix) > best:
+                best, found = len(prefix), level
+    assert found is not None, f"{module} is in no layer: add it to LAYERS"
+    return found
 
 
 def _module_name(path: Path) -> str:
@@ -50,15 +79,16 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(path: Path) -> set[str]:
-    """Modules imported by ``path`` (relative imports resolved; ``from a import b`` gives a and a.b)."""
+def _imports(path: Path, type_only: bool = False) -> set[str]:
+    """Modules imported by ``path`` (relative imports resolved; ``from a import b`` gives a and a.b);
+    with ``type_only``, those under ``if TYPE_CHECKING:`` too."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
+            if isinstance(child, ast.If) and _is_type_checking(child) and not type_only:
                 for other in child.orelse:
                     visit(other)
                 continue
@@ -85,16 +115,23 @@ def graph() -> dict[str, set[str]]:
     return {name: _imports(path) for name, path in modules.items()}
 
 
+@pytest.fixture(scope="module")
+def typed_graph() -> dict[str, set[str]]:
+    """The graph with the imports made for type checkers only."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: _imports(path, type_only=True) for name, path in modules.items()}
+
+
 def _internal(graph: dict[str, set[str]], name: str) -> set[str]:
     return {m for m in graph[name] if m in graph and m != name}
 
 
 def test_the_graph_is_read(graph: dict[str, set[str]]) -> None:
-    assert "packllm_integrations.decoding" in _internal(graph, "packllm_integrations.engine")
+    assert "packllm_integrations.decoding.session" in _internal(graph, "packllm_integrations.engine")
     assert "packllm_integrations.backends.base" in _internal(graph, "packllm_integrations.backends.transformers")
 
 
-def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     # A package's __init__ imports its children, which name their package when they import a
     # sibling (``from .base import X`` reads the package first): edges to an enclosing package are left out.
     def edges(name: str) -> set[str]:
@@ -103,28 +140,73 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def walk(name: str) -> None:
+    def walk(name: str) -> list[str] | None:
         state[name] = 1
         stack.append(name)
         for nxt in sorted(edges(name)):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if nxt not in state:
-                walk(nxt)
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := walk(nxt)):
+                return cycle
         stack.pop()
         state[name] = 2
+        return None
 
     for name in sorted(graph):
-        if name not in state:
-            walk(name)
+        if name not in state and (cycle := walk(name)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_import_cycles_counting_type_only_imports(typed_graph: dict[str, set[str]]) -> None:
+    cycle = _find_cycle(typed_graph)
+    assert cycle is None, "import cycle (type-only imports included): " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    looped = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert _find_cycle(looped) == ["a", "b", "c", "a"]
+
+
+def test_every_module_imports_only_its_layer_and_those_below(typed_graph: dict[str, set[str]]) -> None:
+    wrong = []
+    for name in typed_graph:
+        for imported in _internal(typed_graph, name):
+            if name.startswith(imported + "."):
+                continue  # a module names its own package when it imports a sibling
+            if _layer(imported) > _layer(name):
+                wrong.append(f"{name} (layer {_layer(name)}) imports {imported} (layer {_layer(imported)})")
+    assert not wrong, "imports against the layers:\n" + "\n".join(sorted(wrong))
+
+
+def test_the_layers_are_read_as_drawn() -> None:
+    assert _layer("packllm_integrations.alignment.vocabulary") == 0
+    assert _layer("packllm_integrations.alignment.mined") == 4
+    assert _layer("packllm_integrations.decoding.session") > _layer("packllm_integrations.backends.base")
+    assert _layer("packllm_integrations") == len(LAYERS) - 1
+
+
+def test_importing_the_package_imports_no_backend_library() -> None:
+    code = (
+        "import sys, packllm_integrations, packllm_integrations.loading, packllm_integrations.host\n"
+        "heavy = sorted(m for m in ('transformers', 'llama_cpp', 'httpx', 'langchain_core', 'llama_index') "
+        "if m in sys.modules)\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
 
 
 def test_only_the_transformers_backend_and_the_loader_import_transformers(graph: dict[str, set[str]]) -> None:
     for name, imported in graph.items():
         uses = sorted(m for m in imported if m == "transformers" or m.startswith("transformers."))
         if name not in TRANSFORMERS_OWNERS:
-            assert not uses, f"{name} imports {uses}: transformers belongs in backends/transformers.py and loading.py"
+            assert not uses, f"{name} imports {uses}: transformers belongs to {sorted(TRANSFORMERS_OWNERS)}"
 
 
 def test_adapters_use_only_the_public_api_and_the_host(graph: dict[str, set[str]]) -> None:

@@ -16,7 +16,7 @@ from typing_extensions import TypedDict
 from packllm_integrations import ConfigError, PromptError
 from packllm_integrations.langchain import ChatPackLLM
 from packllm_integrations.langchain.messages import to_chat_messages
-from packllm_integrations.tools import ToolCall
+from packllm_integrations.structured.tools import ToolCall
 from tests.test_adapters_common import tool_engine
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from packllm_integrations import PromptError
 from packllm_integrations.llama_index import PackLLM, to_chat_messages
-from packllm_integrations.tools import ToolCall
+from packllm_integrations.structured.tools import ToolCall
 from tests.test_adapters_common import tool_engine
 
 

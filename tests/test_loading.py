@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from packllm_integrations import CATALOG, ConfigError, Member, MemberSpec, ModelNotFoundError, caching, load_member
-from packllm_integrations.catalog import is_installed
-from packllm_integrations.loading import cache_dir, parse_spec
+from packllm_integrations import CATALOG, ConfigError, Member, MemberSpec, ModelNotFoundError, load_member
+from packllm_integrations.loading import cache_dir, caching, parse_spec
+from packllm_integrations.loading.catalog import is_installed
 from tests import tiny
 
 

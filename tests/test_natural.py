@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from packllm_integrations import ConfigError, Member, PackEngine, TextEvent
-from packllm_integrations.alignment import token_bytes
-from packllm_integrations.natural import BatchReader, natural_states, start_ids, token_ends
-from packllm_integrations.projection import NaturalStates, Projection
+from packllm_integrations.alignment.natural import BatchReader, natural_states, start_ids, token_ends
+from packllm_integrations.alignment.projection import NaturalStates, Projection
+from packllm_integrations.alignment.vocabulary import token_bytes
 
 PROMPT = "The function returns the value of the"
 PROMPTS = [PROMPT, "import os\nimport sys\n\ndef main(", "A class is"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from packllm_integrations.catalog import is_installed
+from packllm_integrations.loading.catalog import is_installed
 from tests.test_adapters_common import REAL_PACK
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from packllm_integrations import Member, PackEngine
-from packllm_integrations.planning import leading_specials
+from packllm_integrations.decoding.planning import leading_specials
 from tests import tiny
 
 PROMPTS = ["The function returns the value of the", "import os\nimport sys\n\ndef main(", "A class is a thing"]

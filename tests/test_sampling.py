@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from packllm_integrations.sampling import sample
+from packllm_integrations.decoding.sampling import sample
 
 
 def test_greedy_and_degenerate_sampling_equal_argmax() -> None:

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from packllm_integrations import Member
-from packllm_integrations.stepping import Stepper
+from packllm_integrations.decoding.stepping import Stepper
 
 
 def test_concurrent_calls_run_at_the_same_time_and_the_rest_in_this_thread() -> None:

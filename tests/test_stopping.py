@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from packllm_integrations import Member
-from packllm_integrations.stopping import Detokenizer, StopMatcher
+from packllm_integrations.decoding.stopping import Detokenizer, StopMatcher
 
 
 def feed(matcher: StopMatcher, pieces: list[str]) -> str:

@@ -8,9 +8,9 @@ import jsonschema
 import pytest
 
 from packllm_integrations import ConfigError, PromptError, TextEvent
-from packllm_integrations.chat_format import TOOLS_SECTION, merge
-from packllm_integrations.replies import ReplyStream, call_form, parse_reply
-from packllm_integrations.tools import Conversation, Tool, ToolCall, normalise_tool_choice, tool_constraint
+from packllm_integrations.structured.chat_format import TOOLS_SECTION, merge
+from packllm_integrations.structured.replies import ReplyStream, call_form, parse_reply
+from packllm_integrations.structured.tools import Conversation, Tool, ToolCall, normalise_tool_choice, tool_constraint
 from tests.test_adapters_common import tool_engine
 
 ADD = Tool(

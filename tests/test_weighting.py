@@ -5,8 +5,14 @@ import math
 import pytest
 import torch
 
+from packllm_integrations.decoding.weighting import (
+    fixed_weights,
+    opt_weights,
+    sim_weights,
+    top1_weights,
+    uniform_weights,
+)
 from packllm_integrations.errors import ConfigError
-from packllm_integrations.weighting import fixed_weights, opt_weights, sim_weights, top1_weights, uniform_weights
 
 
 def test_sim_with_tau_one_is_inverse_perplexity() -> None:

@@ -32,9 +32,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..alignment import special_ids, vocabulary_fingerprint
-from ..chat_format import render, template_renders_tools
-from ..tools import Tool
+from ..alignment.vocabulary import special_ids, vocabulary_fingerprint
+from ..structured.chat_format import render, template_renders_tools
+from ..structured.tools import Tool
 
 __all__ = ["MemberBackend", "Prefill", "Scores", "SparseScores", "Tokenizer", "dense"]
 

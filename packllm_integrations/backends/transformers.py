@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from ..errors import ConfigError, PackLLMError
 from .base import MemberBackend, Prefill
 
-__all__ = ["Member", "PREFILL_CHUNK"]
+__all__ = ["TransformersMember", "Member", "PREFILL_CHUNK"]
 
 PREFILL_CHUNK = 512
 """Positions read per forward pass in a prefill: a longer prompt goes through the cache in
@@ -56,7 +56,7 @@ class _Cache:
 
 
 @dataclass(eq=False)
-class Member(MemberBackend):
+class TransformersMember(MemberBackend):
     """One language model of a pack: a transformers causal LM in this process.
 
     Args:
@@ -69,7 +69,7 @@ class Member(MemberBackend):
 
     Example:
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer  # doctest: +SKIP
-        >>> member = Member("mine", AutoModelForCausalLM.from_pretrained(folder),
+        >>> member = TransformersMember("mine", AutoModelForCausalLM.from_pretrained(folder),
         ...                 AutoTokenizer.from_pretrained(folder))  # doctest: +SKIP
     """
 
@@ -314,3 +314,7 @@ def _cache_of(output: Any) -> Any:
     """The KV cache of a model output (named ``cache`` or ``past_key_values``)."""
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else output.past_key_values
+
+
+Member = TransformersMember
+"""The former name of :class:`TransformersMember`, kept so that existing code runs."""

@@ -10,7 +10,7 @@ Examples::
 Task specs: a ``.jsonl`` task file (format: :mod:`packllm_integrations.eval.task_files`),
 ``bigbench:NAME`` (BIG-bench multiple choice; needs ``$PACKLLM_BIGBENCH``), ``lee`` (news
 prose), ``stdlib`` or ``stdlib:MOD+MOD`` (Python code), ``pydoc`` (Python's documentation).
-This module is imported by ``packllm`` to register the subcommands.
+``packllm`` adds the subcommands of :data:`SUBCOMMANDS` to its parser.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..cli import SUBCOMMANDS
 from ..errors import ConfigError
 from .methods import FUSED_METHODS, MEMBER_MODES
 from .multiple_choice import NORMALIZATIONS, MultipleChoiceTask
 
-__all__ = ["add_eval_parser", "add_report_parser", "parse_task", "run_eval", "run_report"]
+__all__ = ["SUBCOMMANDS", "add_eval_parser", "add_report_parser", "parse_task", "run_eval", "run_report"]
 
 _OUTPUTS = ("text", "markdown", "csv")
 
@@ -199,5 +198,5 @@ def _show(report: Any, args: argparse.Namespace) -> None:
             print(f"wrote {path}", file=sys.stderr)
 
 
-SUBCOMMANDS["eval"] = add_eval_parser
-SUBCOMMANDS["eval-report"] = add_report_parser
+SUBCOMMANDS = {"eval": add_eval_parser, "eval-report": add_report_parser}
+"""The subcommands this module adds to ``packllm``, by name."""

@@ -32,7 +32,7 @@ from .settings import (
     parse_weights,
     resolve_call,
 )
-from .tools import ToolRequest, constrained, split_call
+from .tool_request import ToolRequest, constrained, split_call
 from .translate import merge_messages, result_metadata, usage_dict, weights_metadata
 
 __all__ = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from ..chat_format import merge
 from ..events import GenerationResult, Usage
+from ..structured.chat_format import merge
 
 __all__ = ["merge_messages", "result_metadata", "usage_dict", "weights_metadata"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from ..config import GenerationConfig
 from ..events import Event, FinishEvent, GenerationResult, TextEvent, Usage, WeightsEvent
-from ..tools import InvalidCall, ToolCall
+from ..structured.tools import InvalidCall, ToolCall
 from .running import Runner
-from .tools import ToolRequest
+from .tool_request import ToolRequest
 
 __all__ = ["ChatTurn", "TurnEnd"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from packllm_integrations.catalog import is_installed
+from packllm_integrations.loading.catalog import is_installed
 
 
 def need(*names: str) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from packllm_integrations import Member, PackEngine, TextEvent, load_member
-from packllm_integrations.catalog import is_installed
-from packllm_integrations.natural import BatchReader
+from packllm_integrations.alignment.natural import BatchReader
+from packllm_integrations.loading.catalog import is_installed
 
 pytestmark = pytest.mark.integration
 

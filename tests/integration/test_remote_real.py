@@ -33,8 +33,8 @@ KEY = "sk-test-7f3a9c1e5b"
 
 
 def _gguf(name: str):
-    from packllm_integrations.gguf_files import catalog_gguf
     from packllm_integrations.loading import cache_dir
+    from packllm_integrations.loading.gguf_files import catalog_gguf
 
     return catalog_gguf(CATALOG[name], cache_dir() / "gguf", progress=False)
 

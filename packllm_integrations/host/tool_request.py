@@ -2,7 +2,7 @@
 
 An adapter hands the call's keyword arguments to :func:`split_call`, which takes out the
 tools, ``tool_choice``, ``parallel_tool_calls`` and a ``constraint``; the rest are settings.
-A :class:`ToolRequest` turns chat messages into a :class:`~packllm_integrations.tools.Conversation`
+A :class:`ToolRequest` turns chat messages into a :class:`~packllm_integrations.structured.tools.Conversation`
 (each member renders the tools), the call's config into one constrained by the tools' grammar,
 and the reply's text back into content and calls.
 """
@@ -14,19 +14,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import GenerationConfig
-from ..constraints import Constraint
 from ..errors import ConfigError
-from ..replies import ReplyStream, call_key, parse_reply
-from ..tools import Conversation, Reply, Tool, normalise_tool_choice, tool_constraint
+from ..structured.constraints import Constraint
+from ..structured.replies import ReplyStream, call_key, parse_reply
+from ..structured.tools import Conversation, Reply, Tool, normalise_tool_choice, tool_constraint
 from .translate import merge_messages
 
 __all__ = ["ToolRequest", "constrained", "split_call"]
 
 CALL_KEYS = ("tools", "tool_choice", "parallel_tool_calls", "allow_repeated_calls", "constraint")
+"""Keyword arguments of a call that are no generation setting: they shape the reply."""
 
 ANSWER_FROM_RESULTS = "Answer the user's question from these results of tools, in a sentence or two:"
 """The system message of the answer the pack gives when it would only repeat calls already answered."""
-"""Keyword arguments of a call that are no generation setting: they shape the reply."""
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from .catalog import CATALOG
-from .errors import ConfigError
+from .registry import backend_names
 
-__all__ = ["BACKENDS", "BACKEND_VARIABLE", "MemberSpec", "parse_spec"]
+__all__ = ["BACKEND_VARIABLE", "MemberSpec", "parse_spec"]
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-BACKENDS = ("auto", "transformers", "llama.cpp", "openai")
 BACKEND_VARIABLE = "PACKLLM_BACKEND"
 _LOCAL_OPTIONS = ("name", "device", "dtype", "backend", "threads")
 _REMOTE_OPTIONS = ("model", "name", "tokenizer", "api_key_env", "top_k", "timeout")
@@ -83,8 +83,8 @@ class MemberSpec:
     timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError("backend", self.backend, f"one of {list(BACKENDS)}")
+        if self.backend not in backend_names():
+            raise ConfigError("backend", self.backend, f"one of {list(backend_names())}")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", self.dtype, f"one of {sorted(DTYPES)}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -113,19 +113,6 @@ class MemberSpec:
             raise ConfigError("device", self.device, f"a device this machine has ('cpu'; CUDA devices here: {found})")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model", self.model, "a catalog name, a model folder, a .gguf file or a hub id")
-
-    def check_backend_options(self, backend: str) -> None:
-        """Refuse the options the resolved ``backend`` would ignore (called by the loader)."""
-        if backend != "llama.cpp" and self.threads is not None:
-            raise ConfigError(
-                "threads", self.threads, "None unless backend='llama.cpp' (transformers uses torch's threads)"
-            )
-        if backend == "llama.cpp" and self.dtype != "float32":
-            raise ConfigError(
-                "dtype", self.dtype, "the default for backend='llama.cpp' (it reads the GGUF's own types)"
-            )
-        if backend == "llama.cpp" and self.device != "cpu":
-            raise ConfigError("device", self.device, "'cpu' for backend='llama.cpp' (its members run on the CPU)")
 
     def _check_remote(self) -> None:
         for name, value, default in (("device", self.device, "cpu"), ("dtype", self.dtype, "float32")):

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .alignment import VocabMap
-from .backends.base import MemberBackend, Scores, dense
-from .projection import NaturalStates
+from ..alignment.mined import VocabMap
+from ..alignment.projection import NaturalStates
+from ..backends.base import MemberBackend, Scores, dense
+from ..errors import PackLLMError
 
 __all__ = ["fuse", "reference_scores", "in_reference", "nll_per_token"]
 
@@ -58,7 +59,7 @@ def fuse(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.
             term = term * w[:, None].to(term.device)
         total = term if total is None else total + term
     if total is None:  # weights always sum to 1, so some member has a positive weight
-        raise RuntimeError("no member has a positive weight")
+        raise PackLLMError("fusion needs a member with a positive weight and scores; none has both")
     return total
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .alignment import byte_level_chars
-from .errors import ConfigError, ConstraintError
+from ..alignment.vocabulary import byte_level_chars
+from ..errors import ConfigError, ConstraintError
 
 __all__ = ["JSON_LAYOUT", "Constraint", "Grammars", "RowMatcher", "closed_schema", "mask"]
 

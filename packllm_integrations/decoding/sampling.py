@@ -1,10 +1,16 @@
-"""Choosing the next token from fused logits: pure functions, validated up front."""
+"""Choosing the next token from fused logits: a pure function.
+
+The settings are checked where the config is built (:class:`~..config.GenerationConfig`);
+the one fault that shows only in the logits, a temperature so small that ``logits /
+temperature`` overflows, raises a :class:`~..errors.ConfigError` naming ``temperature`` at
+the step where it happens.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["sample"]
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from .alignment import VocabMap, text_token_order, token_bytes
-from .backends.base import MemberBackend, dense
+from ..backends.base import MemberBackend, dense
+from .mined import VocabMap
+from .vocabulary import text_token_order, token_bytes
 
 __all__ = ["NaturalStates", "Projection", "UNREACHED_SHARE"]
 

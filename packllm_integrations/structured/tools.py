@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from .constraints import JSON_LAYOUT, Constraint, closed_schema
-from .errors import ConfigError
 
 __all__ = [
     "Conversation",

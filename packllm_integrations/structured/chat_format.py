@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import PromptError
+from ..errors import PromptError
 from .tools import Tool, ToolCall
 
 __all__ = ["TOOLS_SECTION", "chat_messages", "merge", "render", "template_renders_tools"]

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelLoadError, ModelNotFoundError
 from . import caching
 from .catalog import CatalogEntry
-from .errors import ModelLoadError, ModelNotFoundError
 
 __all__ = ["catalog_gguf", "file_key", "gguf_tokenizer", "is_scratch"]
 

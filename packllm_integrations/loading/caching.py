@@ -16,6 +16,9 @@ its first load: its JSON and safetensors files must be well formed (headers that
 sizes that match them), then its manifest is recorded. Every write goes to a temporary
 name of its own (:func:`atomic_file`, :func:`install`) and is renamed into place, so two
 processes never share a half-written file, and a failure leaves nothing behind.
+
+The cache folder (:func:`cache_dir`) is ``$PACKLLM_CACHE_DIR`` if set, else
+``$XDG_CACHE_HOME/packllm_integrations``, else ``~/.cache/packllm_integrations``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+
+
+def cache_dir() -> Path:
+    """The user cache folder (see the module docstring for how to move it)."""
+    if os.environ.get("PACKLLM_CACHE_DIR"):
+        return Path(os.environ["PACKLLM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "packllm_integrations"
+
 
 __all__ = ["MARKER", "atomic_file", "concatenate", "damage", "install", "manifest", "sha256_file", "verify_mode"]
 

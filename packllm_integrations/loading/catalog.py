@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CatalogEntry", "CATALOG", "DEFAULT_PACK", "catalog_entry", "is_installed"]
+__all__ = ["CatalogEntry", "CATALOG", "DEFAULT_PACK", "is_installed"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,6 @@ CATALOG: dict[str, CatalogEntry] = {
 
 DEFAULT_PACK: tuple[str, ...] = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
 """The pack used when no member is named: three tokenizer families, general and code."""
-
-
-def catalog_entry(name: str) -> CatalogEntry | None:
-    """The catalog entry called ``name``, or ``None``."""
-    return CATALOG.get(name)
 
 
 def is_installed(name: str) -> bool:

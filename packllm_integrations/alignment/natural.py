@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .backends.base import MemberBackend, Prefill
-from .errors import PackLLMError, PromptTooLongError
+from ..backends.base import MemberBackend, Prefill
+from ..errors import PackLLMError, PromptTooLongError
 from .projection import NaturalStates, Projection
 
 __all__ = ["BatchReader", "natural_states", "token_ends", "common_prefix", "start_ids", "check_window"]

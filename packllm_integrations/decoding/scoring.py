@@ -13,13 +13,15 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import GenerationConfig
-from .events import ScoreResult
-from .fusion import fuse, nll_per_token, reference_scores
-from .natural import common_prefix
-from .planning import Pack, own_scale_nll, plan_prompts, walk_states
-from .projection import NaturalStates
-from .weighting import compute_weights
+from ..alignment.natural import common_prefix
+from ..alignment.projection import NaturalStates
+from ..config import GenerationConfig
+from ..events import ScoreResult
+from .aligners import walk_states
+from .faults import prefill_faults, prompt_fault
+from .fusion import fuse, reference_scores
+from .planning import PackView, plan_prompts
+from .prompt_weights import prompt_nll, prompt_weights
 
 __all__ = ["score_continuations"]
 
@@ -28,7 +30,7 @@ _CHUNK = 256  # continuation positions fused at once
 
 @torch.inference_mode()
 def score_continuations(
-    pack: Pack,
+    pack: PackView,
     texts: Sequence[Sequence[str]],
     contexts: Sequence[Sequence[str]],
     configs: Sequence[GenerationConfig],
@@ -61,42 +63,38 @@ def score_continuations(
         n_w = total if weights_on == "full" else n_ctx
         first = plan.first_target
         lo = min(first, n_ctx) - 1  # the first position whose state is needed
-        targets = torch.tensor(ids[first:n_w], dtype=torch.long)
         cont = torch.tensor(ids[n_ctx:], dtype=torch.long)
         text, context = texts[b][r], contexts[b][r]
         num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
-        nll_own = own_scale_nll(planned.own_nll[b], r) if own_scoring and n_w > first else None
         for alignment in dict.fromkeys(c.alignment for c in configs):
             states: list[torch.Tensor | NaturalStates] = []  # per member [total - lo, S], from position lo
-            for k in range(len(members)):
-                if alignment == "natural" and pack.maps(r, k) is not None:
-                    states.append(walk_states(pack, texts, planned, k, b)[lo:total])
-                else:
-                    states.append(planned.translated_states(pack, k, b, lo, total))
+            for k, m in enumerate(members):
+                with prefill_faults(m.name, (b,)):
+                    if alignment == "natural" and pack.maps(r, k) is not None:
+                        states.append(walk_states(pack, texts, planned, k, b)[lo:total])
+                    else:
+                        states.append(planned.translated_states(pack, k, b, lo, total))
             weighed = slice(first - 1 - lo, n_w - 1 - lo)
-            nll_t = None
-            if n_w > first:
-                nll_t = torch.stack(
-                    [
-                        nll_per_token(m, states[k][weighed], targets, pack.maps(r, k), vocab).mean()
-                        for k, m in enumerate(members)
-                    ]
-                )
+
+            def weighed_states(k: int, states: list = states, weighed: slice = weighed):
+                return states[k][weighed]
+
             chosen = [c for c, cfg in enumerate(configs) if cfg.alignment == alignment]
+            nlls = {
+                scoring: prompt_nll(pack, planned, b, weighed_states, scoring, n_w)
+                for scoring in dict.fromkeys(configs[c].scoring for c in chosen)
+            }
             weights, perplexity = {}, {}
             for c in chosen:
                 cfg = configs[c]
-                nll = nll_own if cfg.scoring == "own" and nll_own is not None else nll_t
+                nll = nlls[cfg.scoring]
                 perplexity[c] = {n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)}
-                weights[c] = compute_weights(
-                    cfg,
-                    nll,
-                    lambda r=r, vocab=vocab, weighed=weighed, states=states: [
-                        reference_scores(m, states[k][weighed], pack.maps(r, k), vocab) for k, m in enumerate(members)
-                    ],
-                    targets,
-                    len(members),
-                )
+
+                def fault(bad: list[int], policy: str = cfg.on_member_error, r: int = r, b: int = b) -> None:
+                    prompt_fault(names, bad, r, policy, b)
+
+                strategy = (cfg.weighting, cfg.tau, cfg.weights)
+                weights[c] = prompt_weights(pack, planned, b, nll, weighed_states, n_w, strategy, fault)
             token_lp, greedy = _continuation(pack, r, vocab, states, n_ctx - 1 - lo, cont, weights)
             for c in chosen:
                 out[c].append(
@@ -115,7 +113,7 @@ def score_continuations(
 
 
 def _continuation(
-    pack: Pack,
+    pack: PackView,
     r: int,
     vocab: int,
     states: Sequence[torch.Tensor | NaturalStates],
@@ -134,7 +132,10 @@ def _continuation(
     for start in range(0, cont.numel(), _CHUNK):
         stop = min(start + _CHUNK, cont.numel())
         at = slice(at_first + start, at_first + stop)
-        mapped = {k: reference_scores(members[k], states[k][at], pack.maps(r, k), vocab) for k in used}
+        mapped = {}
+        for k in used:
+            with prefill_faults(members[k].name, ()):
+                mapped[k] = reference_scores(members[k], states[k][at], pack.maps(r, k), vocab)
         targets = cont[start:stop]
         for c, w in weights.items():
             fused = fuse([mapped.get(k) for k in range(len(members))], w.float()[None].expand(stop - start, -1))

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .constraints import RowMatcher
-from .events import GenerationResult, Usage, WeightsEvent
+from ..events import GenerationResult, Usage, WeightsEvent
+from ..structured.constraints import RowMatcher
 from .planning import PromptPlan
 from .stopping import Detokenizer, StopMatcher
 
@@ -64,6 +64,12 @@ class Row:
                 self.finish = "stop"
             text += self.stops.flush()
         return text
+
+    def feed(self, token: int) -> None:
+        """Record a chosen token for the members that read the text (natural alignment)."""
+        if self.read is not None and self.finish is None:
+            self.fed_ids.append(token)
+            self.read_text += self.read.add(token)
 
     def weights_event(self, names: Sequence[str]) -> WeightsEvent:
         """The prompt's weights and perplexities (``names``: the members', in pack order)."""

@@ -1,27 +1,25 @@
 """Turn member specs (catalog names, folders, GGUF files, hub ids, servers) into built members.
 
-Each spec resolves to a backend (:meth:`~packllm_integrations.specs.MemberSpec.resolved_backend`):
-llama.cpp reads a GGUF file as it is (:mod:`~packllm_integrations.gguf_files` finds the
-file and caches its tokenizer); an OpenAI-compatible server is reached by
-:mod:`~packllm_integrations.backends.remote`; the rest is transformers, described here.
+Each spec resolves to a backend (:meth:`~.specs.MemberSpec.resolved_backend`), whose loader
+is registered here (:mod:`.registry`): llama.cpp reads a GGUF file as it is
+(:mod:`.gguf_files` finds the file and caches its tokenizer); an OpenAI-compatible server
+is reached by :mod:`~packllm_integrations.backends.remote`; the rest is transformers,
+described here.
 
 This is the only module that touches model files, caches, devices and dtypes (the cache
-files' checksums and atomic writes are :mod:`~packllm_integrations.caching`'s). A GGUF file
+files' checksums and atomic writes are :mod:`.caching`'s). A GGUF file
 is dequantized by transformers on its first load, then saved as a float32 safetensors copy
 in the user cache folder, so later loads take seconds; each load checks the copy first (a
 damaged one is rebuilt from the GGUF, with a warning), and a cache folder that cannot be
 written costs a warning (the model is then used from the GGUF, uncached). Vocabulary maps
-between tokenizers are cached in the same folder (:func:`load_vocab_map`).
-
-The cache folder is ``$PACKLLM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/packllm_integrations``,
-else ``~/.cache/packllm_integrations``.
+between tokenizers are cached in the same folder (:mod:`.vocab_maps`), which
+:func:`~.caching.cache_dir` names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,28 +29,20 @@ from typing import Any
 
 import torch
 
+from ..backends.base import MemberBackend
+from ..errors import ConfigError, ModelLoadError, ModelNotFoundError
 from . import caching
-from .alignment import MAP_VERSION, VocabMap, build_vocab_map, vocabulary_fingerprint
-from .backends.base import MemberBackend
-from .backends.transformers import Member
+from .caching import cache_dir
 from .catalog import CATALOG, DEFAULT_PACK, CatalogEntry
-from .errors import ConfigError, ModelLoadError, ModelNotFoundError
 from .gguf_files import catalog_gguf, file_key, gguf_tokenizer, is_scratch
+from .registry import backend_kind, register
 from .specs import MemberSpec, parse_spec
 
-__all__ = ["MemberSpec", "cache_dir", "load_member", "load_pack", "load_vocab_map", "parse_spec"]
+__all__ = ["MemberSpec", "cache_dir", "load_member", "load_pack", "parse_spec"]
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": None}
-
-
-def cache_dir() -> Path:
-    """The user cache folder (see the module docstring for how to move it)."""
-    if os.environ.get("PACKLLM_CACHE_DIR"):
-        return Path(os.environ["PACKLLM_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "packllm_integrations"
 
 
 def load_pack(specs: Sequence[str | MemberSpec] | None = None, progress: bool = True) -> list[MemberBackend]:
@@ -80,23 +70,50 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> MemberBackend:
         spec = parse_spec(spec)
     elif not isinstance(spec, MemberSpec):
         raise ConfigError("model", spec, "a string or a MemberSpec")
-    backend = spec.resolved_backend()
-    spec.check_backend_options(backend)
-    if backend == "openai":
-        from .backends.remote import RemoteMember
+    kind = backend_kind(spec.resolved_backend())
+    kind.refuse(spec)
+    return kind.load(spec, progress)
 
-        tokenizer_spec = MemberSpec(spec.tokenizer or "", backend="transformers")
-        return RemoteMember.connect(spec, _tokenizer_of(tokenizer_spec, progress))
-    if backend == "llama.cpp":
-        from .backends.llama_cpp import LlamaCppMember
 
-        path = _gguf_path(spec, progress)
-        try:
-            tokenizer = gguf_tokenizer(path, cache_dir() / "tokenizers")
-            return LlamaCppMember(spec.display_name, path, tokenizer, spec.threads)
-        finally:
-            if is_scratch(path):  # llama.cpp maps the file: it may go once loaded
-                shutil.rmtree(path.parent, ignore_errors=True)
+def _threads_only_for_llama_cpp(spec: MemberSpec) -> None:
+    if spec.threads is not None:
+        raise ConfigError(
+            "threads", spec.threads, "None unless backend='llama.cpp' (transformers uses torch's threads)"
+        )
+
+
+def _llama_cpp_options(spec: MemberSpec) -> None:
+    if spec.dtype != "float32":
+        raise ConfigError("dtype", spec.dtype, "the default for backend='llama.cpp' (it reads the GGUF's own types)")
+    if spec.device != "cpu":
+        raise ConfigError("device", spec.device, "'cpu' for backend='llama.cpp' (its members run on the CPU)")
+
+
+@register("openai")  # MemberSpec refuses a served member's local options itself
+def _load_remote(spec: MemberSpec, progress: bool) -> MemberBackend:
+    from ..backends.remote import RemoteMember
+
+    tokenizer_spec = MemberSpec(spec.tokenizer or "", backend="transformers")
+    return RemoteMember.connect(spec, _tokenizer_of(tokenizer_spec, progress))
+
+
+@register("llama.cpp", refuse=_llama_cpp_options)
+def _load_llama_cpp(spec: MemberSpec, progress: bool) -> MemberBackend:
+    from ..backends.llama_cpp import LlamaCppMember
+
+    path = _gguf_path(spec, progress)
+    try:
+        tokenizer = gguf_tokenizer(path, cache_dir() / "tokenizers")
+        return LlamaCppMember(spec.display_name, path, tokenizer, spec.threads)
+    finally:
+        if is_scratch(path):  # llama.cpp maps the file: it may go once loaded
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@register("transformers", refuse=_threads_only_for_llama_cpp)
+def _load_transformers(spec: MemberSpec, progress: bool) -> MemberBackend:
+    from ..backends.transformers import TransformersMember
+
     source = _resolve_folder(spec, progress)
     if isinstance(source, _Built):  # the cache could not be written: the GGUF's model, uncached
         model, tokenizer = source.model, source.tokenizer
@@ -105,7 +122,7 @@ def load_member(spec: str | MemberSpec, progress: bool = True) -> MemberBackend:
     else:
         model, tokenizer = _from_folder(spec, source)
     model.to(spec.device)
-    return Member(name=spec.display_name, model=model, tokenizer=tokenizer)
+    return TransformersMember(name=spec.display_name, model=model, tokenizer=tokenizer)
 
 
 def _gguf_path(spec: MemberSpec, progress: bool) -> Path:
@@ -284,33 +301,3 @@ def _convert(gguf: Path, target: Path, progress: bool) -> str | _Built:
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def load_vocab_map(
-    reference: Any, member: Any, member_width: int, progress: bool = True, cache: Path | None = None
-) -> VocabMap:
-    """The MinED map from tokenizer ``reference`` to ``member``: from the disk cache, or built
-    (see :func:`~packllm_integrations.alignment.build_vocab_map`) and saved there.
-
-    The cache key is the pair of vocabulary fingerprints, so moving a model keeps its maps
-    and changing a tokenizer rebuilds them. ``cache`` defaults to ``<cache_dir>/maps``. A
-    damaged file is rebuilt; a folder that cannot be written costs a warning, not the map.
-    """
-    ref_key, mem_key = vocabulary_fingerprint(reference), vocabulary_fingerprint(member)
-    folder = cache or cache_dir() / "maps"
-    path = folder / f"v{MAP_VERSION}-{ref_key[:16]}-{mem_key[:16]}-{member_width}.pt"
-    if path.is_file():
-        try:
-            data = torch.load(path, weights_only=True)
-            return VocabMap(data["output"], data["input"], int(data["floor_index"]), int(data["exact"]))
-        except Exception:  # a damaged cache file: rebuild it
-            logger.warning("Ignoring unreadable vocabulary map cache %s", path)
-    result = build_vocab_map(reference, member, member_width, progress)
-    data = {"output": result.output, "input": result.input, "floor_index": result.floor_index, "exact": result.exact}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with caching.atomic_file(path) as out:  # a temporary name of this writer's own
-            torch.save(data, out)
-    except OSError as exc:
-        logger.warning("Could not cache the vocabulary map in %s: %s", folder, exc)
-    return result

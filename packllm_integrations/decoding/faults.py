@@ -10,12 +10,17 @@ prompts it failed on and renormalises the others' weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
-from .backends.base import Scores, SparseScores
+from ..backends.base import Scores, SparseScores
+from ..errors import BackendError, MemberError, PackLLMError
 
-__all__ = ["bad_rows", "without_member", "non_finite_members"]
+__all__ = ["bad_rows", "without_member", "non_finite_members", "prompt_fault", "prefill_faults", "NOT_FINITE_NLL"]
+
+NOT_FINITE_NLL = "its prompt perplexity is not a finite number (NaN or infinite scores)"
 
 
 def bad_rows(scores: Scores) -> list[int]:
@@ -48,3 +53,27 @@ def without_member(weights: torch.Tensor, k: int) -> torch.Tensor | None:
     out[k] = 0
     total = float(out.sum())
     return out / total if total > 0 else None
+
+
+def prompt_fault(names: Sequence[str], bad: Sequence[int], reference: int, on_member_error: str, prompt: int) -> None:
+    """Members ``bad`` have no finite prompt NLL on ``prompt``: raise a :class:`MemberError`, or
+    return so that they are dropped (``on_member_error="drop"``, when neither the prompt's
+    reference member nor every member is among them)."""
+    for k in bad:
+        if on_member_error != "drop" or k == reference or len(bad) == len(names):
+            raise MemberError(names[k], None, NOT_FINITE_NLL, (prompt,))
+
+
+@contextmanager
+def prefill_faults(member: str, prompts: Iterable[int]) -> Iterator[None]:
+    """A backend that fails while its member reads the prompts raises a :class:`MemberError`
+    naming the member, as a failure mid-decode does (the pack's own errors, such as a prompt
+    too long, and out-of-memory, which the host retries, pass as they are)."""
+    try:
+        yield
+    except BackendError as exc:
+        raise MemberError(member, None, exc.reason, tuple(prompts)) from exc
+    except (torch.OutOfMemoryError, PackLLMError):
+        raise
+    except Exception as exc:
+        raise MemberError(member, None, f"{type(exc).__name__}: {exc}", tuple(prompts)) from exc

@@ -1,41 +1,35 @@
-"""Planning a request: each prompt's reference member, what every member reads, and the
-prompt's weights.
+"""Planning a request: each prompt's reference member and what every member reads.
 
 With ``reference`` None, each member first scores its own tokenization of the prompt and
 the lowest perplexity wins (the authors' rule); those passes are kept for reuse. Then the
 reference's ids are translated for every member ("mined" inputs). Natural alignment walks
-a member over the reference's text instead (:func:`walk_states`).
+a member over the reference's text instead (:mod:`.aligners`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .alignment import VocabMap
-from .backends.base import MemberBackend, Prefill
-from .config import GenerationConfig
-from .faults import non_finite_members
-from .fusion import nll_per_token, reference_scores
-from .natural import check_window, common_prefix, natural_states, start_ids, token_ends
-from .projection import NaturalStates, Projection
-from .weighting import compute_weights, fixed_weights
+from ..alignment.mined import VocabMap
+from ..alignment.natural import check_window, common_prefix, start_ids
+from ..alignment.projection import Projection
+from ..backends.base import MemberBackend, Prefill
+from .faults import prefill_faults
+from .fusion import nll_per_token
 
 __all__ = [
-    "Pack",
+    "PackView",
     "PromptPlan",
     "Planned",
     "OwnScore",
     "plan_prompts",
-    "own_scale_nll",
-    "walk_states",
-    "prompt_weights",
     "scored_from",
     "leading_specials",
+    "start_state",
 ]
 
 
@@ -44,7 +38,7 @@ def _no_deadline() -> None:
 
 
 @dataclass(frozen=True)
-class Pack:
+class PackView:
     """A request's members and the engine's look-ups between their vocabularies.
 
     ``maps(r, k)`` is the vocabulary map from member r's vocabulary to member k's (None: the
@@ -70,20 +64,6 @@ class OwnScore:
     @property
     def mean(self) -> float:
         return self.total / self.tokens
-
-
-def own_scale_nll(scores: Sequence[OwnScore | None], reference: int) -> torch.Tensor | None:
-    """Members' own-tokenization NLLs per byte, put on the reference's per-token scale.
-
-    ``total_k / bytes_k * bytes_r / tokens_r``: comparable across tokenizers (per byte),
-    and equal to the reference member's own mean NLL per token. None when a member had
-    nothing to score.
-    """
-    ref = scores[reference]
-    if ref is None or any(s is None or s.num_bytes == 0 for s in scores):
-        return None
-    scale = ref.num_bytes / ref.tokens
-    return torch.tensor([s.total / s.num_bytes * scale for s in scores if s is not None], dtype=torch.float64)
 
 
 @dataclass
@@ -114,7 +94,7 @@ class Planned:
     own_nll: list[list[OwnScore | None]]  # [prompt][member]
     translated: dict[int, Prefill] = field(default_factory=dict)
 
-    def translated_states(self, pack: Pack, k: int, b: int, start: int, stop: int) -> torch.Tensor:
+    def translated_states(self, pack: PackView, k: int, b: int, start: int, stop: int) -> torch.Tensor:
         """Member k's states at the reference positions ``start`` to ``stop`` of prompt b ("mined").
 
         A position before the member's first (the reference's BOS, for a member whose
@@ -126,19 +106,20 @@ class Planned:
             states = torch.cat([before.to(states.device, states.dtype), states])
         return states
 
-    def translated_pass(self, pack: Pack, k: int) -> Prefill:
+    def translated_pass(self, pack: PackView, k: int) -> Prefill:
         """Member k's pass on its "mined" inputs: its own pass when that is the same ids, else run once."""
         if k not in self.translated:
             done = self.own_passes.get(k)
             if done is None or any(p.inputs[k] != self.own_ids[k][b] for b, p in enumerate(self.plans)):
                 pack.checkpoint()
-                done = pack.members[k].prefill([p.inputs[k] for p in self.plans], checkpoint=pack.checkpoint)
+                with prefill_faults(pack.members[k].name, range(len(self.plans))):
+                    done = pack.members[k].prefill([p.inputs[k] for p in self.plans], checkpoint=pack.checkpoint)
             self.translated[k] = done
         return self.translated[k]
 
 
 def plan_prompts(
-    pack: Pack,
+    pack: PackView,
     texts: Sequence[Sequence[str]],
     reference: int | None,
     prompt_texts: Sequence[Sequence[str]] | None = None,
@@ -171,14 +152,15 @@ def plan_prompts(
     if (reference is None or own_scoring) and len(members) > 1:
         for k, m in enumerate(members):
             pack.checkpoint()
-            passes[k] = done = m.prefill(own[k], rollback, pack.checkpoint)
-            for b, ids in enumerate(own[k]):
-                n, first = scored[k][b], scored_from(leads[k][b], all_bos[b])
-                if n > first:
-                    states = done.row(b, n - 1)[first - 1 :]
-                    per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
-                    text = m.decode(ids[first:n])
-                    own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")))
+            with prefill_faults(m.name, range(len(texts))):
+                passes[k] = done = m.prefill(own[k], rollback, pack.checkpoint)
+                for b, ids in enumerate(own[k]):
+                    n, first = scored[k][b], scored_from(leads[k][b], all_bos[b])
+                    if n > first:
+                        states = done.row(b, n - 1)[first - 1 :]
+                        per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
+                        text = m.decode(ids[first:n])
+                        own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")))
     if reference is None and len(members) > 1:
         count = range(len(members))
         refs = [min(count, key=lambda k, b=b: (_mean_or_inf(own_nll[b][k]), k)) for b in range(len(texts))]
@@ -225,88 +207,6 @@ def scored_from(lead: int, every_member_adds_bos: bool) -> int:
 def start_state(member: MemberBackend) -> torch.Tensor:
     """The member's state after its start of text alone (its BOS, else its EOS) [S]."""
     return member.prefill([start_ids(member)]).last[0]
-
-
-def walk_states(pack: Pack, texts: Sequence[Sequence[str]], planned: Planned, k: int, b: int) -> NaturalStates:
-    """Member k's states at each reference position of sequence b, reading its own tokenization
-    of the reference's text up to that position (natural alignment), with its projection."""
-    plan = planned.plans[b]
-    r = plan.reference
-    text = texts[b][r]
-    member = pack.members[k]
-    ends = token_ends(pack.members[r], text, plan.ref_ids)
-    prefilled = None
-    done = planned.own_passes.get(k)
-    if done is not None and texts[b][k] == text:
-        prefilled = (done.row(b, len(planned.own_ids[k][b])), member.fork(done.cache, b))
-    return natural_states(member, text, ends, prefilled, pack.projections(r, k), pack.checkpoint)
-
-
-def prompt_weights(
-    pack: Pack,
-    texts: Sequence[Sequence[str]],
-    planned: Planned,
-    b: int,
-    config: GenerationConfig,
-    reading: Sequence[bool],
-    on_fault: Callable[[list[int]], None] | None = None,
-) -> tuple[torch.Tensor, list[float | None]]:
-    """Prompt b's weights [K] and the members' prompt NLLs (log prompt perplexities; None
-    each when the prompt has no token to score). ``reading[k]``: member k reads its own
-    tokenization (natural alignment) and is scored from there.
-
-    Members whose NLL is not a finite number are passed to ``on_fault``, which raises to
-    stop the request or returns to drop them: the weights are then computed among the
-    others, and theirs are 0."""
-    members = pack.members
-    plan = planned.plans[b]
-    r, length, first = plan.reference, len(plan.ref_ids), plan.first_target
-    vocab = members[r].vocab_size
-    targets = torch.tensor(plan.ref_ids[first:], dtype=torch.long)
-    walked: dict[int, NaturalStates] = {}
-
-    def states(k: int) -> torch.Tensor | NaturalStates:
-        if reading[k]:
-            if k not in walked:
-                walked[k] = walk_states(pack, texts, planned, k, b)[first - 1 : length - 1]
-            return walked[k]
-        return planned.translated_states(pack, k, b, first - 1, length - 1)
-
-    nll_t = None
-    if length > first:
-        nll_t = own_scale_nll(planned.own_nll[b], r) if config.scoring == "own" else None
-        if nll_t is None:
-            per_member = []
-            for k, m in enumerate(members):
-                score = planned.own_nll[b][k]
-                if pack.maps(r, k) is None and score is not None and planned.own_ids[k][b] == plan.inputs[k]:
-                    per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # same tokens: reuse
-                else:
-                    per_member.append(nll_per_token(m, states(k), targets, pack.maps(r, k), vocab).mean())
-            nll_t = torch.stack(per_member)
-    else:
-        warnings.warn(
-            f"prompt {b} has no token to score (one text token at most): using uniform weights",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-    bad = non_finite_members(nll_t)
-    if bad and on_fault is not None:
-        on_fault(bad)
-    keep = [k for k in range(len(members)) if k not in bad]
-
-    def all_logits() -> list[torch.Tensor]:
-        return [reference_scores(members[k], states(k), pack.maps(r, k), vocab) for k in keep]
-
-    weights = torch.zeros(len(members), dtype=torch.float64)
-    if bad and config.weighting == "fixed":
-        weights[keep] = fixed_weights(config.weights or (), len(members))[keep]
-        weights /= weights.sum()
-    else:
-        kept_nll = None if nll_t is None else nll_t[keep]
-        weights[keep] = compute_weights(config, kept_nll, all_logits, targets, len(keep))
-    return weights, [float(v) for v in nll_t] if nll_t is not None else [None] * len(members)
 
 
 def _mean_or_inf(score: OwnScore | None) -> float:

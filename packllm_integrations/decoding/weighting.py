@@ -8,14 +8,11 @@ also needs the members' logits on the prompt, in the reference vocabulary.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import GenerationConfig
+from ..config import STRATEGIES
+from ..errors import ConfigError
 
 __all__ = [
     "STRATEGIES",
@@ -28,7 +25,6 @@ __all__ = [
     "compute_weights",
 ]
 
-STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
 BETAS = tuple(i / 20 for i in range(21))
 """The greedy search's grid: 0, 0.05, ..., 1.0."""
 
@@ -114,23 +110,33 @@ def opt_weights(nll: torch.Tensor, logits: Sequence[torch.Tensor], targets: torc
 
 
 def compute_weights(
-    config: GenerationConfig,
+    weighting: str,
     nll: torch.Tensor | None,
     logits: Callable[[], Sequence[torch.Tensor]],
     targets: torch.Tensor,
     count: int,
+    *,
+    tau: float = 1.0,
+    fixed: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """The prompt's weights [K] for ``config.weighting`` among ``count`` members.
+    """The prompt's weights [K] for the strategy ``weighting`` (one of :data:`STRATEGIES`)
+    among ``count`` members.
 
     ``nll`` holds the members' prompt NLLs (None: nothing to score, so uniform weights);
-    ``logits`` is called only by 'opt', which needs the members' logits on the prompt.
+    ``logits`` is called only by 'opt', which needs the members' logits on the prompt;
+    ``tau`` is 'sim''s temperature and ``fixed`` the user's weights for 'fixed'.
+
+    >>> compute_weights("sim", torch.tensor([0.0, 0.0]), list, torch.zeros(0), 2).tolist()
+    [0.5, 0.5]
     """
-    if config.weighting == "fixed":
-        return fixed_weights(config.weights or (), count)
-    if config.weighting == "uniform" or nll is None:
+    if weighting == "fixed":
+        return fixed_weights(fixed or (), count)
+    if weighting == "uniform" or nll is None:
         return uniform_weights(count)
-    if config.weighting == "sim":
-        return sim_weights(nll, config.tau)
-    if config.weighting == "top1":
+    if weighting == "sim":
+        return sim_weights(nll, tau)
+    if weighting == "top1":
         return top1_weights(nll)
-    return opt_weights(nll, logits(), targets)
+    if weighting == "opt":
+        return opt_weights(nll, logits(), targets)
+    raise ConfigError("weighting", weighting, f"one of {', '.join(STRATEGIES)}")

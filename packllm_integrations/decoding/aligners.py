@@ -1,0 +1,203 @@
+"""One aligner per member: how it reads the prompts and the chosen tokens, and its
+next-token scores in each prompt's reference vocabulary.
+
+The session sees every member through the same small surface, so its step has no
+alignment branch::
+
+    prompt_states(b, start, stop)   states that predict prompt b's reference tokens (weights)
+    start(rows)                     first next-token scores, after the prompts
+    reference_scores(rows, r, V)    scores [G, V] of some rows, in reference member r's vocabulary
+    feed(tokens, rows)              read the chosen tokens (one step)
+    bad_rows(), close()             rows whose scores are unusable; stop stepping
+
+Two kinds:
+
+- :class:`Lockstep`: a member that shares the reference's vocabulary, or reads its tokens
+  translated one-for-one through the MinED vocabulary map ("mined" alignment). One
+  ``step`` per token.
+- :class:`Natural`: a member that reads its own tokenization of the text ("natural"
+  alignment), re-tokenized as text is generated (:class:`~..alignment.natural.BatchReader`),
+  its next-token distribution projected into the reference vocabulary
+  (:class:`~..alignment.projection.Projection`).
+
+Shapes: B prompts, W the member's logits width, V a reference vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..alignment.natural import BatchReader, natural_states, token_ends
+from ..alignment.projection import NaturalStates
+from ..backends.base import Scores
+from .faults import bad_rows, prefill_faults
+from .fusion import in_reference
+from .planning import PackView, Planned
+from .rows import Row
+
+__all__ = ["Aligner", "Lockstep", "Natural", "open_aligners", "walk_states"]
+
+
+class Aligner:
+    """Member ``k`` of a session, as the step sees it (see the module docstring)."""
+
+    def __init__(self, pack: PackView, k: int, planned: Planned) -> None:
+        self.pack, self.k, self.planned = pack, k, planned
+        self.member = pack.members[k]
+        self.next: Any = None  # next-token scores of every row; None once closed
+        self.live = True
+
+    def prompt_states(self, b: int, start: int, stop: int) -> torch.Tensor | NaturalStates:
+        raise NotImplementedError  # each kind defines it
+
+    def start(self, rows: Sequence[Row]) -> None:
+        raise NotImplementedError  # each kind defines it
+
+    def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
+        raise NotImplementedError  # each kind defines it
+
+    def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
+        raise NotImplementedError  # each kind defines it
+
+    def bad_rows(self) -> list[int]:
+        """The rows whose next-token scores hold NaN, +inf or nothing finite."""
+        return bad_rows(self.next) if self.live else []
+
+    def close(self) -> None:
+        """Stop stepping (no live prompt listens to this member any more)."""
+        self.live = False
+        self.next = None
+
+
+class Lockstep(Aligner):
+    """A member that reads the reference's tokens (translated through the vocabulary map when
+    its vocabulary differs) and steps once per chosen token."""
+
+    cache: Any = None
+
+    def prompt_states(self, b: int, start: int, stop: int) -> torch.Tensor:
+        with prefill_faults(self.member.name, (b,)):
+            return self.planned.translated_states(self.pack, self.k, b, start, stop)
+
+    def start(self, rows: Sequence[Row]) -> None:
+        with prefill_faults(self.member.name, range(len(rows))):
+            done = self.planned.translated_pass(self.pack, self.k)
+            self.cache = done.cache
+            self.next = self.member.scores(done.last)  # [B, W]
+
+    def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
+        scores: Scores = self.next
+        picked = scores[torch.tensor(rows).to(_device(scores))]
+        return in_reference(self.member, picked, self.pack.maps(r, self.k), vocab)
+
+    def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
+        ids = []
+        for row, t in zip(rows, tokens, strict=True):
+            vmap = self.pack.maps(row.plan.reference, self.k)
+            ids.append(t if vmap is None else int(vmap.input[t]))
+        self.next = self.member.step(self.cache, ids)
+
+    def close(self) -> None:
+        super().close()
+        self.cache = None
+
+
+class Natural(Aligner):
+    """A member that reads its own tokenization of each prompt's text and of the text chosen so
+    far; its scores are projected into each prompt's reference vocabulary."""
+
+    def __init__(self, pack: PackView, k: int, planned: Planned, texts: Sequence[Sequence[str]]) -> None:
+        super().__init__(pack, k, planned)
+        self.texts = texts
+        self._walks: dict[int, NaturalStates] = {}
+        self._width = 0  # the widest reference vocabulary of the batch
+        with prefill_faults(self.member.name, range(len(texts))):
+            self.reader = self._reader()
+
+    def _reader(self) -> BatchReader:
+        """A reader over the prompts, started from the member's own pass when it has one."""
+        planned, k = self.planned, self.k
+        targets = [
+            plan.inputs[k] if self.pack.maps(plan.reference, k) is None else planned.own_ids[k][b]
+            for b, plan in enumerate(planned.plans)
+        ]
+        done = planned.own_passes.get(k)
+        if done is None or targets != planned.own_ids[k]:
+            done = self.member.prefill(targets, rollback=True)
+        return BatchReader.from_prefill(self.member, targets, done)
+
+    def prompt_states(self, b: int, start: int, stop: int) -> NaturalStates:
+        if b not in self._walks:
+            with prefill_faults(self.member.name, (b,)):
+                self._walks[b] = walk_states(self.pack, self.texts, self.planned, self.k, b)
+        return self._walks[b][start:stop]
+
+    def start(self, rows: Sequence[Row]) -> None:
+        self._walks.clear()
+        self._width = max(self.pack.members[row.plan.reference].vocab_size for row in rows)
+        with prefill_faults(self.member.name, range(len(rows))):
+            scores = torch.cat([self._row_scores(row) for row in rows])
+        self.next = scores.to(self.member.device)  # [B, V_max], padded with -inf
+
+    def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
+        return self.next[torch.tensor(rows).to(self.next.device)][:, :vocab]
+
+    def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
+        live = [row for row in rows if row.finish is None and float(row.weights[self.k]) > 0]
+        self.reader.advance({row.index: self._reading(row) for row in live})
+        for row in live:
+            self.next[row.index] = self._row_scores(row)[0]
+
+    def _reading(self, row: Row) -> list[int]:
+        """What the member reads for ``row`` now."""
+        if self.pack.maps(row.plan.reference, self.k) is None:
+            return row.plan.inputs[self.k] + row.fed_ids
+        return self.member.encode(row.texts[self.k] + row.read_text)
+
+    def _row_scores(self, row: Row) -> torch.Tensor:
+        """The reader's scores for ``row`` in its reference's vocabulary [1, V_max] (padded with -inf)."""
+        m, reader, b = self.member, self.reader, row.index
+        r = row.plan.reference
+        proj = self.pack.projections(r, self.k)
+        if proj is None:
+            scores = in_reference(m, m.scores(reader.state[b][None]), None, self.pack.members[r].vocab_size)
+        else:
+            scores, logprobs = proj.scores_and_logprobs(m, reader.view(b, proj))
+            reader.last_logprobs[b] = logprobs[0]
+        if scores.shape[-1] < self._width:
+            scores = torch.cat([scores, scores.new_full((1, self._width - scores.shape[-1]), -math.inf)], dim=-1)
+        return scores
+
+
+def open_aligners(pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, natural: bool) -> list[Aligner]:
+    """One aligner per member: with natural alignment, a member whose vocabulary differs from
+    some prompt's reference reads its own tokenization (:class:`Natural`); every other member
+    steps in lockstep."""
+    out: list[Aligner] = []
+    for k in range(len(pack.members)):
+        reads = natural and any(pack.maps(p.reference, k) is not None for p in planned.plans)
+        out.append(Natural(pack, k, planned, texts) if reads else Lockstep(pack, k, planned))
+    return out
+
+
+def walk_states(pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, k: int, b: int) -> NaturalStates:
+    """Member k's states at each reference position of sequence b, reading its own tokenization
+    of the reference's text up to that position (natural alignment), with its projection."""
+    plan = planned.plans[b]
+    r = plan.reference
+    text = texts[b][r]
+    member = pack.members[k]
+    ends = token_ends(pack.members[r], text, plan.ref_ids)
+    prefilled = None
+    done = planned.own_passes.get(k)
+    if done is not None and texts[b][k] == text:
+        prefilled = (done.row(b, len(planned.own_ids[k][b])), member.fork(done.cache, b))
+    return natural_states(member, text, ends, prefilled, pack.projections(r, k), pack.checkpoint)
+
+
+def _device(scores: Any) -> torch.device:
+    return scores.ids.device if hasattr(scores, "ids") else scores.device

@@ -1,0 +1,111 @@
+"""A prompt's weights: the members' prompt log-likelihoods, checked, then a weighting strategy.
+
+Generation (the session's prefill) and scoring (``PackEngine.score``) weigh prompts with the
+same two functions: :func:`prompt_nll` (each member's mean negative log-likelihood of the
+prompt's scored tokens, the log of its prompt perplexity) and :func:`prompt_weights` (the
+fault check, then the strategy of :mod:`.weighting`). They differ only in where a member's
+states come from, which the caller passes as ``states(k)``: its aligner's prompt states in
+generation, the context's states in scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..alignment.projection import NaturalStates
+from .faults import non_finite_members, prefill_faults
+from .fusion import nll_per_token, reference_scores
+from .planning import OwnScore, PackView, Planned
+from .weighting import compute_weights, fixed_weights
+
+__all__ = ["States", "own_scale_nll", "prompt_nll", "prompt_weights"]
+
+States = Callable[[int], torch.Tensor | NaturalStates]
+"""Member k's states at the positions that predict the prompt's scored tokens [T, ...]."""
+
+
+def own_scale_nll(scores: Sequence[OwnScore | None], reference: int) -> torch.Tensor | None:
+    """Members' own-tokenization NLLs per byte, put on the reference's per-token scale.
+
+    ``total_k / bytes_k * bytes_r / tokens_r``: comparable across tokenizers (per byte),
+    and equal to the reference member's own mean NLL per token. None when a member had
+    nothing to score.
+    """
+    ref = scores[reference]
+    if ref is None or any(s is None or s.num_bytes == 0 for s in scores):
+        return None
+    scale = ref.num_bytes / ref.tokens
+    return torch.tensor([s.total / s.num_bytes * scale for s in scores if s is not None], dtype=torch.float64)
+
+
+def prompt_nll(pack: PackView, planned: Planned, b: int, states: States, scoring: str, end: int) -> torch.Tensor | None:
+    """The members' mean NLLs [K] (float64) of prompt b's reference tokens from its first
+    scored one to ``end``; None when there is none to score.
+
+    ``scoring="own"`` uses every member's own tokenization (:func:`own_scale_nll`) where each
+    member had some; otherwise each member is scored on the reference's tokens from
+    ``states(k)``. A member that shares the reference's tokens reuses its own pass's score."""
+    plan = planned.plans[b]
+    r, first = plan.reference, plan.first_target
+    if end <= first:
+        return None
+    if scoring == "own":
+        nll = own_scale_nll(planned.own_nll[b], r)
+        if nll is not None:
+            return nll
+    targets = torch.tensor(plan.ref_ids[first:end], dtype=torch.long)
+    vocab = pack.members[r].vocab_size
+    per_member = []
+    for k, m in enumerate(pack.members):
+        score = planned.own_nll[b][k]
+        if pack.maps(r, k) is None and score is not None and planned.own_ids[k][b] == plan.inputs[k]:
+            per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # the same tokens: reuse
+        else:
+            with prefill_faults(m.name, (b,)):
+                per_member.append(nll_per_token(m, states(k), targets, pack.maps(r, k), vocab).mean())
+    return torch.stack(per_member)
+
+
+def prompt_weights(
+    pack: PackView,
+    planned: Planned,
+    b: int,
+    nll: torch.Tensor | None,
+    states: States,
+    end: int,
+    strategy: tuple[str, float, Sequence[float] | None],
+    on_fault: Callable[[list[int]], None],
+) -> torch.Tensor:
+    """Prompt b's weights [K] (float64) from the members' prompt NLLs ``nll`` (None: uniform).
+
+    ``strategy`` is ``(weighting, tau, fixed weights)``; 'opt' reads ``states(k)`` on the
+    tokens up to ``end``. Members whose NLL is not a finite number go to ``on_fault``, which
+    raises to stop the request or returns to drop them: the weights are then computed among
+    the others, and theirs are 0."""
+    weighting, tau, fixed = strategy
+    members = pack.members
+    plan = planned.plans[b]
+    r = plan.reference
+    bad = non_finite_members(nll)
+    if bad:
+        on_fault(bad)
+    keep = [k for k in range(len(members)) if k not in bad]
+    targets = torch.tensor(plan.ref_ids[plan.first_target : end], dtype=torch.long)
+    vocab = members[r].vocab_size
+
+    def all_logits() -> list[torch.Tensor]:
+        out = []
+        for k in keep:
+            with prefill_faults(members[k].name, (b,)):
+                out.append(reference_scores(members[k], states(k), pack.maps(r, k), vocab))
+        return out
+
+    weights = torch.zeros(len(members), dtype=torch.float64)
+    if bad and weighting == "fixed":
+        weights[keep] = fixed_weights(fixed or (), len(members))[keep]
+        return weights / weights.sum()
+    kept_nll = None if nll is None else nll[keep]
+    weights[keep] = compute_weights(weighting, kept_nll, all_logits, targets, len(keep), tau=tau, fixed=fixed)
+    return weights
