@@ -150,17 +150,16 @@ def plan_prompts(
     passes: dict[int, Prefill] = {}
     own_nll: list[list[OwnScore | None]] = [[None] * len(members) for _ in texts]
     if (reference is None or own_scoring) and len(members) > 1:
-        for k, m in enumerate(members):
-            pack.checkpoint()
-            with prefill_faults(m.name, range(len(texts))):
-                passes[k] = done = m.prefill(own[k], rollback, pack.checkpoint)
-                for b, ids in enumerate(own[k]):
-                    n, first = scored[k][b], scored_from(leads[k][b], all_bos[b])
-                    if n > first:
-                        states = done.row(b, n - 1)[first - 1 :]
-                        per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
-                        text = m.decode(ids[first:n])
-                        own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")))
+        for k in range(len(members)):
+            passes[k] = _own_pass(
+                pack,
+                k,
+                own[k],
+                scored[k],
+                [scored_from(leads[k][b], all_bos[b]) for b in range(len(texts))],
+                rollback,
+                own_nll,
+            )
     if reference is None and len(members) > 1:
         count = range(len(members))
         refs = [min(count, key=lambda k, b=b: (_mean_or_inf(own_nll[b][k]), k)) for b in range(len(texts))]
@@ -182,6 +181,31 @@ def plan_prompts(
         first = scored_from(lead, all_bos[b])
         plans.append(PromptPlan(r, list(ref_ids), inputs, shifts, first))
     return Planned(plans=plans, own_ids=own, own_passes=passes, own_nll=own_nll)
+
+
+def _own_pass(
+    pack: PackView,
+    k: int,
+    own: list[list[int]],
+    scored: list[int],
+    firsts: list[int],
+    rollback: bool,
+    own_nll: list[list[OwnScore | None]],
+) -> Prefill:
+    """Member k's pass on its own tokenization of every prompt; each prompt's score of the
+    tokens from ``firsts[b]`` to ``scored[b]`` goes into ``own_nll[b][k]``."""
+    m = pack.members[k]
+    pack.checkpoint()
+    with prefill_faults(m.name, range(len(own))):
+        done = m.prefill(own, rollback, pack.checkpoint)
+        for b, ids in enumerate(own):
+            n, first = scored[b], firsts[b]
+            if n > first:
+                states = done.row(b, n - 1)[first - 1 :]
+                per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
+                text = m.decode(ids[first:n])
+                own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")))
+    return done
 
 
 def leading_specials(member: MemberBackend, ids: Sequence[int]) -> int:

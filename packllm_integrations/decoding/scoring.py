@@ -20,7 +20,7 @@ from ..events import ScoreResult
 from .aligners import walk_states
 from .faults import prefill_faults, prompt_fault
 from .fusion import fuse, reference_scores
-from .planning import PackView, plan_prompts
+from .planning import PackView, Planned, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 
 __all__ = ["score_continuations"]
@@ -67,34 +67,12 @@ def score_continuations(
         text, context = texts[b][r], contexts[b][r]
         num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
         for alignment in dict.fromkeys(c.alignment for c in configs):
-            states: list[torch.Tensor | NaturalStates] = []  # per member [total - lo, S], from position lo
-            for k, m in enumerate(members):
-                with prefill_faults(m.name, (b,)):
-                    if alignment == "natural" and pack.maps(r, k) is not None:
-                        states.append(walk_states(pack, texts, planned, k, b)[lo:total])
-                    else:
-                        states.append(planned.translated_states(pack, k, b, lo, total))
-            weighed = slice(first - 1 - lo, n_w - 1 - lo)
-
-            def weighed_states(k: int, states: list = states, weighed: slice = weighed):
-                return states[k][weighed]
-
+            states = _member_states(pack, texts, planned, b, alignment, slice(lo, total))
             chosen = [c for c, cfg in enumerate(configs) if cfg.alignment == alignment]
-            nlls = {
-                scoring: prompt_nll(pack, planned, b, weighed_states, scoring, n_w)
-                for scoring in dict.fromkeys(configs[c].scoring for c in chosen)
-            }
-            weights, perplexity = {}, {}
-            for c in chosen:
-                cfg = configs[c]
-                nll = nlls[cfg.scoring]
-                perplexity[c] = {n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)}
-
-                def fault(bad: list[int], policy: str = cfg.on_member_error, r: int = r, b: int = b) -> None:
-                    prompt_fault(names, bad, r, policy, b)
-
-                strategy = (cfg.weighting, cfg.tau, cfg.weights)
-                weights[c] = prompt_weights(pack, planned, b, nll, weighed_states, n_w, strategy, fault)
+            weighed = slice(first - 1 - lo, n_w - 1 - lo)
+            found = _weigh(pack, planned, b, [configs[c] for c in chosen], states, weighed, n_w)
+            weights = dict(zip(chosen, found[0], strict=True))
+            perplexity = dict(zip(chosen, found[1], strict=True))
             token_lp, greedy = _continuation(pack, r, vocab, states, n_ctx - 1 - lo, cont, weights)
             for c in chosen:
                 out[c].append(
@@ -110,6 +88,56 @@ def score_continuations(
                     )
                 )
     return out
+
+
+def _member_states(
+    pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, b: int, alignment: str, span: slice
+) -> list[torch.Tensor | NaturalStates]:
+    """Every member's states at the reference positions ``span`` of prompt b [T, ...]: its own
+    tokenization walked (natural alignment, another vocabulary) or its translated pass."""
+    states: list[torch.Tensor | NaturalStates] = []
+    r = planned.plans[b].reference
+    for k, m in enumerate(pack.members):
+        with prefill_faults(m.name, (b,)):
+            if alignment == "natural" and pack.maps(r, k) is not None:
+                states.append(walk_states(pack, texts, planned, k, b)[span])
+            else:
+                states.append(planned.translated_states(pack, k, b, span.start, span.stop))
+    return states
+
+
+def _weigh(
+    pack: PackView,
+    planned: Planned,
+    b: int,
+    configs: Sequence[GenerationConfig],
+    states: Sequence[torch.Tensor | NaturalStates],
+    weighed: slice,
+    end: int,
+) -> tuple[list[torch.Tensor], list[dict[str, float | None]]]:
+    """Prompt b's weights [K] and prompt perplexities under each config, from the members'
+    states over the weighed positions (the same prompt weighting as generation)."""
+    names = [m.name for m in pack.members]
+    r = planned.plans[b].reference
+
+    def weighed_states(k: int) -> torch.Tensor | NaturalStates:
+        return states[k][weighed]
+
+    nlls = {
+        scoring: prompt_nll(pack, planned, b, weighed_states, scoring, end)
+        for scoring in dict.fromkeys(c.scoring for c in configs)
+    }
+    weights, perplexity = [], []
+    for cfg in configs:
+        nll = nlls[cfg.scoring]
+        perplexity.append({n: (math.exp(float(nll[k])) if nll is not None else None) for k, n in enumerate(names)})
+
+        def fault(bad: list[int], policy: str = cfg.on_member_error) -> None:
+            prompt_fault(names, bad, r, policy, b)
+
+        strategy = (cfg.weighting, cfg.tau, cfg.weights)
+        weights.append(prompt_weights(pack, planned, b, nll, weighed_states, end, strategy, fault))
+    return weights, perplexity
 
 
 def _continuation(
