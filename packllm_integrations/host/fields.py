@@ -62,7 +62,8 @@ class PackModel(BaseModel):
     Either ``models`` (specs loaded with :meth:`PackEngine.from_models`) or ``engine`` (an
     engine already built, shared with other models or frameworks) names the pack; with
     neither, the default pack is loaded. Unknown parameters raise at construction. The
-    fields themselves are added by :func:`pack_model`.
+    fields themselves are added by :func:`pack_model`; each adapter writes its host's out
+    for type checkers and readers (``tests/test_adapter_fields.py`` checks them against it).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -70,11 +71,40 @@ class PackModel(BaseModel):
     host: ClassVar[str]
     """The host whose setting names the fields use (set by :func:`pack_model`)."""
 
-    if TYPE_CHECKING:  # the fields, as pack_model() adds them (in its order)
-        models: list[str | MemberSpec] | None
-        engine: PackEngine | None
-        timeout: float | None
-        max_retries: int
+    if TYPE_CHECKING:  # the fields every host has, as pack_model() adds them
+        models: list[str | MemberSpec] | None = None
+        """Member specs (catalog names, model folders, GGUF files, MemberSpec); or give ``engine``."""
+        engine: PackEngine | None = None
+        """An already built PackEngine, possibly shared with other models; set after construction."""
+        # The settings every host names alike (each host writes out its own max tokens' name):
+        temperature: float | None = None
+        """0 for greedy decoding; above 0, sampling at that temperature."""
+        top_k: int | None = None
+        """Sample only among the k most likely tokens (0: no limit)."""
+        top_p: float | None = None
+        """Nucleus sampling: the most likely tokens whose probability reaches top_p (1: no limit)."""
+        seed: int | None = None
+        """Seed of the sampler (with temperature > 0)."""
+        stop: list[str] | None = None
+        """Stop strings (a string is one); a call's own stop replaces this list."""
+        weighting: str | None = None
+        """'sim', 'opt', 'uniform', 'top1' or 'fixed' (needs weights)."""
+        tau: float | None = None
+        """Temperature of 'sim' weighting."""
+        weights: list[float] | None = None
+        """Fixed member weights in pack order (implies weighting='fixed')."""
+        reference: str | None = None
+        """Member whose vocabulary the fused distribution uses (None: per prompt)."""
+        scoring: str | None = None
+        """How members with different tokenizers are scored on the prompt: 'reference' or 'own'."""
+        alignment: str | None = None
+        """How a member with another tokenizer reads the text: 'mined' or 'natural'."""
+        on_member_error: str | None = None
+        """What a member's failure does to a request: 'raise' or 'drop'."""
+        timeout: float | None = None
+        """Seconds one call may take, then TimeoutError."""
+        max_retries: int = 2
+        """Retries of a call whose device ran out of memory."""
 
     @model_validator(mode="after")
     def _set_up_pack(self) -> PackModel:

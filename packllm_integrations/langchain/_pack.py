@@ -7,20 +7,38 @@ default", so an engine built with ``weighting="opt"`` keeps it unless the model 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.language_models.base import LangSmithParams
 
 from ..config import GenerationConfig
 from ..events import GenerationResult
-from ..host import pack_model, result_metadata, usage_dict
+from ..host import PackModel, pack_model, result_metadata, usage_dict
 
 __all__ = ["PackSettings", "generation_info"]
 
 
-class PackSettings(pack_model("langchain")):  # type: ignore[misc]
+if TYPE_CHECKING:
+
+    class _LangChainFields(PackModel):
+        """What ``pack_model("langchain")`` adds to the fields :class:`PackModel` writes out,
+        for type checkers and readers: the one setting LangChain names its own way.
+
+        At run time the class is generated from the settings table (full docs, bounds and
+        validators included); ``tests/test_adapter_fields.py`` checks these lines against it.
+        ``None`` means "the engine's default".
+        """
+
+        max_tokens: int | None = None
+        """Most tokens to generate (reference-vocabulary tokens)."""
+
+else:
+    _LangChainFields = pack_model("langchain")
+
+
+class PackSettings(_LangChainFields):
     """The pack and its generation settings, as fields of a LangChain model.
 
     Either ``models`` (specs loaded with :meth:`PackEngine.from_models`) or ``engine`` (an
@@ -30,6 +48,9 @@ class PackSettings(pack_model("langchain")):  # type: ignore[misc]
 
     _ls_model_type: ClassVar[str]
     """LangSmith's ``ls_model_type``: "llm" or "chat"."""
+
+    if TYPE_CHECKING:  # LangChain's field, from the BaseLanguageModel this class is mixed into
+        custom_get_token_ids: Callable[[str], list[int]] | None = None
 
     def _call_config(self, stop: Sequence[str] | None, kwargs: dict[str, Any]) -> GenerationConfig:
         """The config of one call: the engine's, then this model's settings, then the call's.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
@@ -28,7 +28,7 @@ from .. import ToolCall
 from ..engine import Prompt
 from ..errors import PromptError
 from ..events import Event, FinishEvent, GenerationResult, TextEvent, WeightsEvent
-from ..host import constrained, pack_model, result_metadata, split_call, weights_metadata
+from ..host import PackModel, constrained, pack_model, result_metadata, split_call, weights_metadata
 from ..host.turns import ChatTurn, Piece, TurnEnd
 from .messages import calls_kwargs, selections, to_chat_messages
 
@@ -36,8 +36,20 @@ __all__ = ["PackLLM", "to_chat_messages"]
 
 R = TypeVar("R", CompletionResponse, ChatResponse)
 
+if TYPE_CHECKING:
 
-class PackLLM(pack_model("llama_index"), CustomLLM, FunctionCallingLLM):  # type: ignore[misc]
+    class LlamaIndexFields(PackModel):
+        """What ``pack_model("llama_index")`` adds to the fields :class:`PackModel` writes out, for
+        type checkers and readers (``tests/test_adapter_fields.py`` checks it against the table)."""
+
+        max_new_tokens: int | None = None
+        """Most tokens to generate (reference-vocabulary tokens); None: the engine's default."""
+
+else:
+    LlamaIndexFields = pack_model("llama_index")
+
+
+class PackLLM(LlamaIndexFields, CustomLLM, FunctionCallingLLM):
     """PackLLM test-time fusion of several causal LMs, as a LlamaIndex LLM.
 
     ``metadata`` reports the pack's real limits: the smallest member's context window and
