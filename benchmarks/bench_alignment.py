@@ -29,8 +29,9 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from packllm_integrations.alignment import mined as alignment
+from packllm_integrations.alignment.vocabulary import vocabulary_fingerprint
+from packllm_integrations.loading import _cached_catalog_model, cache_dir, load_vocab_map
 from packllm_integrations.loading.catalog import CATALOG, is_installed
-from packllm_integrations.loading.loaders import _cached_catalog_model, cache_dir, load_vocab_map
 
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
 
@@ -45,7 +46,7 @@ def load(name: str) -> tuple[object, int]:
 
 def same_as_default_cache(reference: object, member: object, width: int, built: alignment.VocabMap) -> str:
     """'yes' / 'NO' against a map for the same pair already in the default cache, '-' if there is none."""
-    key = alignment.vocabulary_fingerprint(reference), alignment.vocabulary_fingerprint(member) + f"-{width}"
+    key = vocabulary_fingerprint(reference), vocabulary_fingerprint(member) + f"-{width}"
     path = cache_dir() / "maps" / f"v{alignment.MAP_VERSION}-{key[0][:16]}-{key[1][:16]}-{width}.pt"
     if not path.is_file():
         return "-"

@@ -9,7 +9,7 @@ Example:
     >>> print(engine.generate("def fibonacci(n):", max_new_tokens=48).text)  # doctest: +SKIP
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends import MemberBackend, SparseScores
 from .config import GenerationConfig
@@ -30,6 +30,9 @@ from .events import FinishEvent, GenerationResult, ScoreResult, TextEvent, Usage
 from .loading import CATALOG, DEFAULT_PACK, MemberSpec, load_member, load_pack
 from .structured.constraints import Constraint
 from .structured.tools import Conversation, InvalidCall, Tool, ToolCall
+
+if TYPE_CHECKING:  # at run time through __getattr__ below, so that transformers loads only when used
+    from .backends.transformers import Member, TransformersMember
 
 __version__ = "0.1.0"
 

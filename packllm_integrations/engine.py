@@ -32,7 +32,7 @@ __all__ = ["PackEngine", "Prompt"]
 Prompt = str | Sequence[Mapping[str, Any]] | Conversation
 """A raw text prompt (given to every member as is), chat messages
 (``[{"role": "user", "content": "..."}]``) that each member renders with its own template,
-or a :class:`~packllm_integrations.tools.Conversation`: messages with the tools offered."""
+or a :class:`~packllm_integrations.structured.tools.Conversation`: messages with the tools offered."""
 
 
 class PackEngine:

@@ -251,3 +251,9 @@ def test_adapters_time_out_within_the_prefill(bl: Member, sp: Member, monkeypatc
             with pytest.raises(TimeoutError):
                 getattr(llm, call)(LONG)
             assert time.monotonic() - start < 0.9
+
+
+def test_fixed_weights_that_leave_no_member_after_a_drop_raise(bl: Member, sp: Member) -> None:
+    engine = PackEngine([bl, sp], progress=False, reference=bl.name, weights=(0.0, 1.0), on_member_error="drop")
+    with faulty(sp, "nan"), pytest.raises(MemberError, match="no other member has a fixed weight"):
+        quiet_generate(engine, PROMPT, max_new_tokens=4)

@@ -217,3 +217,16 @@ def test_a_catalog_model_assembled_from_parts_without_a_writable_cache(tmp_path:
     assert any("Could not write" in r.getMessage() for r in caplog.records)
     assert member.encode("Hello") and blocked.read_text() == "not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_a_backend_name_registers_once() -> None:
+    from packllm_integrations.loading import backend_names, registry
+
+    assert backend_names() == ("auto", "openai", "llama.cpp", "transformers")
+    for taken in ("auto", "openai"):
+        with pytest.raises(ConfigError, match="backend"):
+            registry.register(taken)
+    with pytest.raises(ConfigError, match="one of"):
+        registry.backend_kind("vllm")
+    with pytest.raises(ConfigError, match="backend"):
+        MemberSpec("smollm2-135m", backend="vllm")

@@ -1,4 +1,4 @@
-"""The exact nearest-token search behind MinED maps (used by :mod:`.alignment`).
+"""The exact nearest-token search behind MinED maps (used by :mod:`.mined`).
 
 The nearest member token of every reference token that has no exact match, by byte-level
 Levenshtein distance (ties: the lowest member id). Exact, in two stages:

@@ -7,7 +7,7 @@ tokenizer cuts it. Two pieces do that, on any backend (they only use its interfa
 
 - :class:`BatchReader` (generation): one member on a batch of texts that grow a token at a
   time. Each step the text is re-tokenized; the ids that stayed the same keep their cache,
-  the changed tail is rolled back (:meth:`~.backends.base.MemberBackend.crop`) and fed
+  the changed tail is rolled back (:meth:`~..backends.base.MemberBackend.crop`) and fed
   again (usually one new token; two or three when a merge across the old boundary changed).
 - :func:`natural_states` (scoring): the member's state after reading its own tokenization
   of each prefix ``text[:end]`` of a text, for many ends at once: one forward pass over the
@@ -74,9 +74,9 @@ class BatchReader:
     """One member reading B growing texts at once, in one batched cache.
 
     Each step every row is made to hold its new tokenization: the ids that changed are
-    rolled back (:meth:`~.backends.base.MemberBackend.crop`) and the new tail is fed
-    (:meth:`~.backends.base.MemberBackend.extend`). With the transformers backend, a row of
-    several rolls back by masking (see :mod:`.backends.transformers`): with a sliding-window
+    rolled back (:meth:`~..backends.base.MemberBackend.crop`) and the new tail is fed
+    (:meth:`~..backends.base.MemberBackend.extend`). With the transformers backend, a row of
+    several rolls back by masking (see :mod:`..backends.transformers`): with a sliding-window
     layer, the window then reaches a few fewer live tokens than when decoding the row alone.
 
     Build it from a batched prefill with :meth:`from_prefill`, or :meth:`start` one row.
@@ -199,13 +199,15 @@ def natural_states(
     in ``ends`` (and before its last token of it, for :class:`Projection`).
 
     ``prefilled``: the member's states [T, S] and a one-row cache over ``member.encode(text)``
-    (made with ``rollback=True`` or :meth:`~.backends.base.MemberBackend.fork`), if already
+    (made with ``rollback=True`` or :meth:`~..backends.base.MemberBackend.fork`), if already
     computed (the cache is cropped here: pass one nobody else uses). ``checkpoint`` is
     called before each forward pass (it raises to stop the request).
     """
     full = member.encode(text)
     if prefilled is None:
         check_window(member, len(full))
+        if checkpoint is not None:
+            checkpoint()
         prefill = member.prefill([full], rollback=True, checkpoint=checkpoint)
         states, cache = prefill.row(0), prefill.cache
     else:

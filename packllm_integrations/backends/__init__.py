@@ -8,9 +8,12 @@ See :mod:`.base` for the interface a new backend implements. Each backend's libr
 (transformers, llama_cpp, httpx) is imported only when that backend is used.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import MemberBackend, Prefill, Scores, SparseScores, Tokenizer, dense
+
+if TYPE_CHECKING:  # at run time through __getattr__ below
+    from .transformers import Member, TransformersMember
 
 __all__ = ["Member", "MemberBackend", "Prefill", "Scores", "SparseScores", "Tokenizer", "TransformersMember", "dense"]
 

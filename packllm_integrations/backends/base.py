@@ -207,7 +207,7 @@ class MemberBackend(ABC):
         """Render chat messages (and the tools offered) as this member expects, ready for its reply.
 
         Uses the tokenizer's chat template, with the tools where the template renders them
-        (see :mod:`~packllm_integrations.chat_format`). A member without one gets a plain format::
+        (see :mod:`~packllm_integrations.structured.chat_format`). A member without one gets a plain format::
 
             System: ...
             User: ...

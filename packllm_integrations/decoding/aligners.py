@@ -63,6 +63,9 @@ class Aligner:
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
         raise NotImplementedError  # each kind defines it
 
+    def forget(self, b: int) -> None:
+        """Prompt b is weighed: what was kept for its prompt states may go."""
+
     def bad_rows(self) -> list[int]:
         """The rows whose next-token scores hold NaN, +inf or nothing finite."""
         return bad_rows(self.next) if self.live else []
@@ -127,7 +130,8 @@ class Natural(Aligner):
         ]
         done = planned.own_passes.get(k)
         if done is None or targets != planned.own_ids[k]:
-            done = self.member.prefill(targets, rollback=True)
+            self.pack.checkpoint()
+            done = self.member.prefill(targets, rollback=True, checkpoint=self.pack.checkpoint)
         return BatchReader.from_prefill(self.member, targets, done)
 
     def prompt_states(self, b: int, start: int, stop: int) -> NaturalStates:
@@ -136,8 +140,10 @@ class Natural(Aligner):
                 self._walks[b] = walk_states(self.pack, self.texts, self.planned, self.k, b)
         return self._walks[b][start:stop]
 
+    def forget(self, b: int) -> None:
+        self._walks.pop(b, None)
+
     def start(self, rows: Sequence[Row]) -> None:
-        self._walks.clear()
         self._width = max(self.pack.members[row.plan.reference].vocab_size for row in rows)
         with prefill_faults(self.member.name, range(len(rows))):
             scores = torch.cat([self._row_scores(row) for row in rows])

@@ -2,7 +2,7 @@
 
 A member fails when its backend raises or when its scores are not numbers the fusion can
 use (NaN, +inf, or nothing finite at all). What happens then is the request's
-``on_member_error``: ``"raise"`` stops it with a :class:`~.errors.MemberError` (naming the
+``on_member_error``: ``"raise"`` stops it with a :class:`~..errors.MemberError` (naming the
 member and the step, carrying the text so far), ``"drop"`` takes the member out of the
 prompts it failed on and renormalises the others' weights.
 """
@@ -73,7 +73,7 @@ def prefill_faults(member: str, prompts: Iterable[int]) -> Iterator[None]:
         yield
     except BackendError as exc:
         raise MemberError(member, None, exc.reason, tuple(prompts)) from exc
-    except (torch.OutOfMemoryError, PackLLMError):
-        raise
+    except (torch.OutOfMemoryError, MemoryError, AssertionError, PackLLMError):
+        raise  # out of memory (the host retries), the pack's own errors and checks
     except Exception as exc:
         raise MemberError(member, None, f"{type(exc).__name__}: {exc}", tuple(prompts)) from exc

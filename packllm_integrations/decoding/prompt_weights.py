@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..alignment.projection import NaturalStates
+from ..errors import MemberError
 from .faults import non_finite_members, prefill_faults
 from .fusion import nll_per_token, reference_scores
 from .planning import OwnScore, PackView, Planned
@@ -60,7 +61,8 @@ def prompt_nll(pack: PackView, planned: Planned, b: int, states: States, scoring
     per_member = []
     for k, m in enumerate(pack.members):
         score = planned.own_nll[b][k]
-        if pack.maps(r, k) is None and score is not None and planned.own_ids[k][b] == plan.inputs[k]:
+        same_tokens = score is not None and score.tokens == end - first and planned.own_ids[k][b] == plan.inputs[k]
+        if pack.maps(r, k) is None and same_tokens:
             per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # the same tokens: reuse
         else:
             with prefill_faults(m.name, (b,)):
@@ -105,6 +107,9 @@ def prompt_weights(
     weights = torch.zeros(len(members), dtype=torch.float64)
     if bad and weighting == "fixed":
         weights[keep] = fixed_weights(fixed or (), len(members))[keep]
+        if not float(weights.sum()) > 0:
+            reason = "its prompt perplexity is not a finite number; no other member has a fixed weight"
+            raise MemberError(members[bad[0]].name, None, reason, (b,))
         return weights / weights.sum()
     kept_nll = None if nll is None else nll[keep]
     weights[keep] = compute_weights(weighting, kept_nll, all_logits, targets, len(keep), tau=tau, fixed=fixed)

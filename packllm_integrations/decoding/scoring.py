@@ -73,7 +73,7 @@ def score_continuations(
             found = _weigh(pack, planned, b, [configs[c] for c in chosen], states, weighed, n_w)
             weights = dict(zip(chosen, found[0], strict=True))
             perplexity = dict(zip(chosen, found[1], strict=True))
-            token_lp, greedy = _continuation(pack, r, vocab, states, n_ctx - 1 - lo, cont, weights)
+            token_lp, greedy = _continuation(pack, r, b, vocab, states, n_ctx - 1 - lo, cont, weights)
             for c in chosen:
                 out[c].append(
                     ScoreResult(
@@ -143,14 +143,15 @@ def _weigh(
 def _continuation(
     pack: PackView,
     r: int,
+    b: int,
     vocab: int,
     states: Sequence[torch.Tensor | NaturalStates],
     at_first: int,
     cont: torch.Tensor,
     weights: dict[int, torch.Tensor],
 ) -> tuple[dict[int, torch.Tensor], dict[int, bool]]:
-    """Log-probabilities [C] of the continuation ``cont`` under each weighting (keyed like
-    ``weights``), and whether it is the greedy choice; ``states[k][at_first]`` predicts the
+    """Log-probabilities [C] of prompt b's continuation ``cont`` (reference member r) under each
+    weighting (keyed like ``weights``), and whether it is the greedy choice; ``states[k][at_first]`` predicts the
     continuation's first token. Positions go in chunks so a long continuation never holds
     all its logits at once."""
     members = pack.members
@@ -162,7 +163,7 @@ def _continuation(
         at = slice(at_first + start, at_first + stop)
         mapped = {}
         for k in used:
-            with prefill_faults(members[k].name, ()):
+            with prefill_faults(members[k].name, (b,)):
                 mapped[k] = reference_scores(members[k], states[k][at], pack.maps(r, k), vocab)
         targets = cont[start:stop]
         for c, w in weights.items():

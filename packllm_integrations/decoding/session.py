@@ -171,6 +171,8 @@ class Session:
             prompt_fault(self.names, bad, plan.reference, cfg.on_member_error, b)
 
         weights = prompt_weights(self.pack, planned, b, nll, states, end, (cfg.weighting, cfg.tau, cfg.weights), fault)
+        for aligner in self.aligners:
+            aligner.forget(b)
         return weights, [float(v) for v in nll] if nll is not None else [None] * len(self.members)
 
     # ---- failures -----------------------------------------------------------------------

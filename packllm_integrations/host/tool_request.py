@@ -46,7 +46,7 @@ class ToolRequest:
     choice: str = "auto"
     parallel: bool = False
     answered: frozenset[str] = frozenset()
-    """:func:`~packllm_integrations.replies.call_key` of the calls the conversation holds results for."""
+    """:func:`~packllm_integrations.structured.replies.call_key` of the calls the conversation holds results for."""
     results: tuple[tuple[str, str], ...] = ()
     """The conversation's tool results: (tool name, result text)."""
     repeats: bool = False
@@ -104,7 +104,7 @@ class ToolRequest:
         return merge_messages([{"role": "system", "content": system}, *asked])
 
     def constraint(self) -> Constraint:
-        """The grammar the reply must follow (see :func:`~packllm_integrations.tools.tool_constraint`)."""
+        """The grammar the reply must follow (see :func:`~packllm_integrations.structured.tools.tool_constraint`)."""
         return tool_constraint(self.tools, self.choice, parallel=self.parallel)
 
     @property
@@ -117,7 +117,7 @@ class ToolRequest:
         return parse_reply(text, self.tools, must_call=self.must_call, answered=self.answered)
 
     def stream(self) -> ReplyStream:
-        """A reader of the reply as it streams (see :class:`~packllm_integrations.replies.ReplyStream`)."""
+        """A reader of the reply as it streams (see :class:`~packllm_integrations.structured.replies.ReplyStream`)."""
         return ReplyStream(self.tools, must_call=self.must_call, answered=self.answered)
 
 

@@ -4,7 +4,7 @@ Both adapters stream and collect chat replies through :class:`ChatTurn`, so both
 back the same way. With tools, a call the conversation already holds a result for is left
 out (sub-1B members repeat their last call instead of answering); when a reply would be
 only such repeats, the pack answers in text instead, from the conversation's tool results
-(:data:`~packllm_integrations.host.tools.ANSWER_FROM_RESULTS`, tools off), and the turn
+(:data:`~packllm_integrations.host.tool_request.ANSWER_FROM_RESULTS`, tools off), and the turn
 reports both runs' tokens.
 """
 

@@ -90,7 +90,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         is constrained by a grammar of the tools' schemas, so every call names a bound tool
         and its arguments validate (``strict`` is always true, whatever is passed). Members
         whose chat template renders tools read them through it; the others read them as text
-        (see :mod:`~packllm_integrations.chat_format`).
+        (see :mod:`~packllm_integrations.structured.chat_format`).
 
         Example:
             >>> def add(a: int, b: int) -> int:

@@ -45,7 +45,17 @@ def cache_dir() -> Path:
     return Path(base) / "packllm_integrations"
 
 
-__all__ = ["MARKER", "atomic_file", "concatenate", "damage", "install", "manifest", "sha256_file", "verify_mode"]
+__all__ = [
+    "MARKER",
+    "atomic_file",
+    "cache_dir",
+    "concatenate",
+    "damage",
+    "install",
+    "manifest",
+    "sha256_file",
+    "verify_mode",
+]
 
 MARKER = "complete"
 """The file whose presence says a cache folder is complete; it holds the manifest."""

@@ -45,6 +45,9 @@ _KINDS: dict[str, BackendKind] = {}
 def register(name: str, refuse: Callable[[Any], None] = _accept_all) -> Callable[[Loader], Loader]:
     """Register the decorated loader as backend ``name`` (a spec's ``backend=``)."""
 
+    if name == "auto" or name in _KINDS:
+        raise ConfigError("backend", name, "a name no other backend has registered (nor 'auto')")
+
     def add(load: Loader) -> Loader:
         _KINDS[name] = BackendKind(name, load, refuse)
         return load

@@ -3,7 +3,7 @@
 A member whose template renders tools (Qwen2.5's does) gets the tools and the conversation's
 calls and results through it. Every other member gets the same tools and format as text:
 :data:`TOOLS_SECTION` added to the system message, its past calls written as the pack
-writes them (:meth:`~packllm_integrations.tools.ToolCall.text`) and each result as a user
+writes them (:meth:`~packllm_integrations.structured.tools.ToolCall.text`) and each result as a user
 turn within ``<tool_response>`` tags, as Qwen's template does. A member without a template
 reads ``"System: ...\\nUser: ...\\nAssistant:"``.
 """

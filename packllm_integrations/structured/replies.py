@@ -1,5 +1,5 @@
 """Replies read back: a reply's text as content or tool calls, whole (:func:`parse_reply`) or as it
-streams (:class:`ReplyStream`). The forms a call may take are :func:`~packllm_integrations.tools.tool_constraint`'s.
+streams (:class:`ReplyStream`). The forms a call may take are :func:`~.tools.tool_constraint`'s.
 
 Example:
     >>> reply = parse_reply('<tool_call>\\n{"name": "add", "arguments": {"a": 2}}\\n</tool_call>')

@@ -9,10 +9,10 @@ The pack writes every tool call in one format, the one Qwen2.5's chat template t
 
 A reply is either text or one or more such blocks, one per line. Members whose chat template
 renders tools read the tools through it; the others read the same format from
-:data:`~packllm_integrations.chat_format.TOOLS_SECTION` (see :mod:`.chat_format`).
+:data:`~packllm_integrations.structured.chat_format.TOOLS_SECTION` (see :mod:`.chat_format`).
 :func:`tool_constraint` is the grammar of what ``tool_choice`` allows, so that with the
 constraint on, every complete call names an offered tool with arguments that validate
-against its schema; :mod:`~packllm_integrations.replies` reads the calls back out, whole
+against its schema; :mod:`~packllm_integrations.structured.replies` reads the calls back out, whole
 or as they stream.
 
 Example:
