@@ -26,6 +26,7 @@ Shapes: B prompts, W the member's logits width, V a reference vocabulary.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ from .rows import Row
 __all__ = ["Aligner", "Lockstep", "Natural", "open_aligners", "walk_states"]
 
 
-class Aligner:
+class Aligner(ABC):
     """Member ``k`` of a session, as the step sees it (see the module docstring)."""
 
     def __init__(self, pack: PackView, k: int, planned: Planned) -> None:
@@ -51,19 +52,23 @@ class Aligner:
         self.next: Any = None  # next-token scores of every row; None once closed
         self.live = True
 
+    @abstractmethod
     def prompt_states(self, b: int, start: int, stop: int) -> torch.Tensor | NaturalStates:
-        raise NotImplementedError  # each kind defines it
+        """States [stop - start, ...] at prompt b's reference positions ``start`` to ``stop``."""
 
+    @abstractmethod
     def start(self, rows: Sequence[Row]) -> None:
-        raise NotImplementedError  # each kind defines it
+        """The first next-token scores of every row, after the prompts."""
 
+    @abstractmethod
     def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
-        raise NotImplementedError  # each kind defines it
+        """The next-token scores [G, V] of ``rows`` (all with reference member r) in r's vocabulary."""
 
+    @abstractmethod
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
-        raise NotImplementedError  # each kind defines it
+        """Read each row's chosen token (a reference-vocabulary id) and step once."""
 
-    def forget(self, b: int) -> None:
+    def forget(self, b: int) -> None:  # noqa: B027 (most aligners keep nothing per prompt)
         """Prompt b is weighed: what was kept for its prompt states may go."""
 
     def bad_rows(self) -> list[int]:
