@@ -37,7 +37,10 @@ class ConfigError(PackLLMError, ValueError):
         self.parameter = parameter
         self.value = value
         self.expected = expected
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except RecursionError:  # a value nested too deeply to print
+            shown = f"<a {type(value).__name__} nested too deeply to show>"
         if len(shown) > 200:
             shown = shown[:197] + "..."
         super().__init__(f"{parameter}={shown} is invalid: expected {expected}")

@@ -13,7 +13,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
-from packllm_integrations import ConfigError, PromptError
+from packllm_integrations import ConfigError, Constraint, PromptError
 from packllm_integrations.langchain import ChatPackLLM
 from packllm_integrations.langchain.messages import to_chat_messages
 from packllm_integrations.structured.tools import ToolCall
@@ -246,3 +246,33 @@ def test_a_cut_structured_output_is_an_error():
 def test_bad_structured_output_arguments_raise(chat, args, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         chat.with_structured_output(*args, **kwargs)
+
+
+def _nested(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return {"type": "object", "properties": {"a": schema}}
+
+
+BAD_SCHEMAS = {
+    "nan": ({"type": "object", "properties": {"n": {"type": "number", "maximum": float("nan")}}}, "finite"),
+    "not json": ({"type": "object", "properties": {"n": {"enum": [{1, 2}]}}}, "JSON values only"),
+    "200 deep": (_nested(200), "at most 100 deep"),
+    "2000 deep": (_nested(2000), "at most 100 deep"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SCHEMAS)
+def test_a_schema_that_is_not_json_or_too_deep_is_a_config_error_everywhere(chat, case: str) -> None:
+    schema, expected = BAD_SCHEMAS[case]
+    with pytest.raises(ConfigError, match=expected) as caught:
+        Constraint.json_schema(schema)
+    assert caught.value.parameter == "constraint"
+    tool = {"name": "t", "description": "d", "parameters": schema}
+    with pytest.raises(ConfigError, match=expected) as caught:
+        chat.bind_tools([tool])
+    assert caught.value.parameter == "tools"
+    with pytest.raises(ConfigError, match=expected) as caught:
+        chat.with_structured_output(schema, method="json_schema")
+    assert caught.value.parameter == "schema"

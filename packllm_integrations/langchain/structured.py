@@ -52,7 +52,10 @@ def structured_output(
             tools_parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         parser = RunnableLambda(_called) | tools_parser
     else:
-        constraint = Constraint.json() if schema is None else Constraint.json_schema(_json_schema(schema))
+        try:
+            constraint = Constraint.json() if schema is None else Constraint.json_schema(_json_schema(schema))
+        except ConfigError as exc:
+            raise ConfigError("schema", schema, exc.expected) from None
         if problem := constraint.problem():
             raise ConfigError("schema", schema, f"a JSON Schema the grammar library takes ({problem})")
         bound = model.bind(constraint=constraint, **trace)

@@ -66,7 +66,21 @@ class Constraint:
                 raise ConfigError("constraint", schema[:80], f"a JSON Schema in JSON ({exc})") from None
         if not isinstance(schema, Mapping):
             raise ConfigError("constraint", schema, "a JSON Schema (a dict, its JSON text or a pydantic model)")
-        return cls("json_schema", json.dumps(closed_schema(schema)))  # key order kept: the output follows it
+        if (depth := _nesting(schema)) > MAX_SCHEMA_DEPTH:
+            raise ConfigError(
+                "constraint",
+                f"<a schema {depth} objects and arrays deep>",
+                f"a JSON Schema at most {MAX_SCHEMA_DEPTH} deep",
+            )
+        try:  # key order kept: the output follows it
+            text = json.dumps(closed_schema(schema), allow_nan=False)
+        except ValueError:
+            raise ConfigError(
+                "constraint", schema, "a JSON Schema whose numbers are finite (no NaN or infinity)"
+            ) from None
+        except TypeError as exc:
+            raise ConfigError("constraint", schema, f"a JSON Schema of JSON values only ({exc})") from None
+        return cls("json_schema", text)
 
     @classmethod
     def json(cls) -> Constraint:
@@ -110,6 +124,28 @@ def _problem(constraint: Constraint) -> str | None:
     from llguidance import LLMatcher
 
     return LLMatcher.validate_grammar(constraint.grammar()) or None  # it reports, never raises
+
+
+MAX_SCHEMA_DEPTH = 100
+"""How deeply objects and arrays may nest in a JSON Schema (the grammar library's parser stops at 128)."""
+
+
+def _nesting(value: Any) -> int:
+    """How deeply dicts and lists nest in ``value`` (without recursion, so any depth is measured).
+
+    >>> _nesting({"a": [{"b": 1}]}), _nesting(3)
+    (3, 0)
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, Mapping) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_SCHEMA_DEPTH:  # deeper than the limit is enough to know
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}

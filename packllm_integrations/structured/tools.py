@@ -72,8 +72,8 @@ class Tool:
             raise ConfigError("tools", p, f"an object JSON Schema for the arguments of tool {self.name!r}")
         try:
             problem = Constraint.json_schema(p).problem()
-        except TypeError as exc:  # not JSON
-            problem = str(exc)
+        except ConfigError as exc:  # not JSON, not finite, or nested too deep
+            problem = exc.expected
         if problem:
             expected = f"arguments of tool {self.name!r} in a JSON Schema the grammar library takes ({problem})"
             raise ConfigError("tools", p, expected)
