@@ -61,8 +61,9 @@ class Aligner(ABC):
         """The first next-token scores of every row, after the prompts."""
 
     @abstractmethod
-    def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
-        """The next-token scores [G, V] of ``rows`` (all with reference member r) in r's vocabulary."""
+    def reference_scores(self, rows: torch.Tensor, r: int, vocab: int) -> torch.Tensor:
+        """The next-token scores [G, V] of the rows indexed by ``rows`` [G] (all with reference
+        member r) in r's vocabulary."""
 
     @abstractmethod
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
@@ -97,9 +98,9 @@ class Lockstep(Aligner):
             self.cache = done.cache
             self.next = self.member.scores(done.last)  # [B, W]
 
-    def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
+    def reference_scores(self, rows: torch.Tensor, r: int, vocab: int) -> torch.Tensor:
         scores: Scores = self.next
-        picked = scores[torch.tensor(rows).to(_device(scores))]
+        picked = scores[rows.to(_device(scores))]
         return in_reference(self.member, picked, self.pack.maps(r, self.k), vocab)
 
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
@@ -154,8 +155,8 @@ class Natural(Aligner):
             scores = torch.cat([self._row_scores(row) for row in rows])
         self.next = scores.to(self.member.device)  # [B, V_max], padded with -inf
 
-    def reference_scores(self, rows: list[int], r: int, vocab: int) -> torch.Tensor:
-        return self.next[torch.tensor(rows).to(self.next.device)][:, :vocab]
+    def reference_scores(self, rows: torch.Tensor, r: int, vocab: int) -> torch.Tensor:
+        return self.next[rows.to(self.next.device)][:, :vocab]
 
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
         live = [row for row in rows if row.finish is None and float(row.weights[self.k]) > 0]

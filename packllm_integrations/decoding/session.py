@@ -217,9 +217,10 @@ class Session:
     def fused(self, rows: list[int], r: int) -> torch.Tensor:
         """Fused logits [G, V] of the rows ``rows``, all with reference member ``r``."""
         vocab, device = self.members[r].vocab_size, self.members[r].device
+        index = torch.tensor(rows)  # [G]
         weights = torch.stack([self.rows[b].weights for b in rows]).float()  # [G, K]
         scores = [
-            a.reference_scores(rows, r, vocab).to(device) if a.live and bool((weights[:, k] > 0).any()) else None
+            a.reference_scores(index, r, vocab).to(device) if a.live and bool((weights[:, k] > 0).any()) else None
             for k, a in enumerate(self.aligners)
         ]
         return fuse(scores, weights)
