@@ -12,6 +12,7 @@ import contextlib
 import time
 
 import pytest
+import torch
 
 from packllm_integrations import (
     CATALOG,
@@ -21,6 +22,7 @@ from packllm_integrations import (
     TextEvent,
     load_member,
 )
+from packllm_integrations.backends import SparseScores, dense
 from tests.integration.models import need as _need
 from tests.servers import LlamaServer, free_port
 
@@ -70,13 +72,36 @@ def local_smollm2():
     return load_member("smollm2-135m,backend=llama.cpp,name=local", progress=False)
 
 
-def test_a_remote_member_greedy_text_is_the_local_llama_cpp_text(remote, local_smollm2) -> None:
-    """The same GGUF served and in process: the same greedy tokens (the server's top-20 hold the argmax)."""
-    assert remote.dialect == "generic" and remote.model == "smollm2"
+NEAR_TIE = 0.5
+"""How far (nats) the served and in-process log-probabilities of one token may be apart. The
+same GGUF gives up to 0.09-0.31 nats apart over 16 steps (5 runs measured here): llama.cpp's
+quantized kernels round differently for the server's batches and cached prefixes."""
+
+
+def test_a_remote_member_reads_as_the_local_llama_cpp_member(remote, local_smollm2) -> None:
+    """The same GGUF served and in process, fed the same tokens: the server's top-20 hold the
+    local argmax with nearly the same log-probability, and where the two argmaxes differ it is
+    a near tie. (Exact greedy texts, compared before, differed now and then at a near tie.)"""
+    width = local_smollm2.logits_width
+    with torch.inference_mode():
+        ids = local_smollm2.encode(PROMPT)
+        here, there = local_smollm2.prefill([ids]), remote.prefill([ids])
+        mine, served = local_smollm2.scores(here.last), remote.scores(there.last)
+        ties = 0
+        for _ in range(16):
+            local_lp = torch.log_softmax(dense(mine, width)[0].float(), dim=-1)
+            assert isinstance(served, SparseScores)
+            top, top_served = int(local_lp.argmax()), int(served.ids[0, served.logprobs[0].argmax()])
+            assert top in served.ids[0].tolist(), "the server's top-20 miss the local argmax"
+            at = served.ids[0].tolist().index(top)
+            assert abs(float(served.logprobs[0, at]) - float(local_lp[top])) < NEAR_TIE
+            if top_served != top:
+                ties += 1
+                assert float(local_lp[top] - local_lp[top_served]) < NEAR_TIE
+            mine, served = local_smollm2.step(here.cache, [top]), remote.step(there.cache, [top])
+    assert ties <= 2  # measured: 0 or 1 of 16
     alone = PackEngine([remote], progress=False, max_new_tokens=16).generate(PROMPT)
-    here = PackEngine([local_smollm2], progress=False, max_new_tokens=16).generate(PROMPT)
-    assert alone.text == here.text and alone.text.strip()
-    assert alone.finish_reason == "length" and alone.usage.completion_tokens == 16
+    assert alone.text.strip() and alone.finish_reason == "length" and alone.usage.completion_tokens == 16
 
 
 def test_an_end_token_the_server_would_sample_is_seen(remote, local_smollm2) -> None:
