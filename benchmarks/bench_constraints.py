@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/bench_constraints.py [--parts mask,extraction] [--backend llama.cpp] [--out FILE]
+        [--json-string-repeats N]
 
 Writes ``benchmarks/results/constraints.md`` (default) with:
 
@@ -294,7 +295,7 @@ def part_libraries(out: list[str]) -> None:
     out.append("")
 
 
-def part_extraction(backend: str, out: list[str], max_new_tokens: int) -> None:
+def part_extraction(backend: str, out: list[str], max_new_tokens: int, string_repeats: int) -> None:
     members = [load_member(f"{name},backend={backend}", progress=False) for name in DEFAULT_PACK]
     engines = {m.name: PackEngine([m], progress=False) for m in members}
     engines["fused pack (sim)"] = PackEngine(members, progress=False)
@@ -305,21 +306,25 @@ def part_extraction(backend: str, out: list[str], max_new_tokens: int) -> None:
         "## Extraction: validity and correct fields",
         "",
         f"{len(pairs)} schema/prompt pairs ({len(TASKS)} schemas x 5 texts), greedy, at most {max_new_tokens} new "
-        f"tokens, {backend} members. Unconstrained outputs count as valid when the JSON value they start with "
-        "validates (text after it is forgiven).",
+        f"tokens, {backend} members, json_string_repeats={string_repeats}. Unconstrained outputs count as valid "
+        "when the JSON value they start with validates (text after it is forgiven). Cut: constrained outputs that "
+        "max_new_tokens ended before they were whole.",
         "",
         "| model | valid, unconstrained | valid, constrained | correct fields, unconstrained | "
-        "correct fields, constrained |",
-        "|---|---|---|---|---|",
+        "correct fields, constrained | cut, constrained |",
+        "|---|---|---|---|---|---|",
     ]
     for name, engine in engines.items():
         row = [name]
-        valid, fields = {}, {}
+        valid, fields, cut = {}, {}, 0
         for constrained in (False, True):
             ok = right = total = 0
             for schema, text, expected in pairs:
                 constraint = Constraint.json_schema(schema) if constrained else None
-                result = engine.generate(text, max_new_tokens=max_new_tokens, constraint=constraint)
+                result = engine.generate(
+                    text, max_new_tokens=max_new_tokens, constraint=constraint, json_string_repeats=string_repeats
+                )
+                cut += constrained and result.finish_reason == "length"
                 value = parses(result.text, schema)
                 if constrained and result.finish_reason == "stop" and value is None:
                     raise AssertionError(f"a complete constrained output did not validate: {result.text!r}")
@@ -327,7 +332,7 @@ def part_extraction(backend: str, out: list[str], max_new_tokens: int) -> None:
                 r, t = correct_fields(value, expected)
                 right, total = right + r, total + t
             valid[constrained], fields[constrained] = ok / len(pairs), right / total
-        row += [f"{valid[False]:.0%}", f"{valid[True]:.0%}", f"{fields[False]:.0%}", f"{fields[True]:.0%}"]
+        row += [f"{valid[False]:.0%}", f"{valid[True]:.0%}", f"{fields[False]:.0%}", f"{fields[True]:.0%}", str(cut)]
         out.append("| " + " | ".join(row) + " |")
         print(out[-1], flush=True)
     out.append("")
@@ -339,12 +344,16 @@ def main() -> None:
     parser.add_argument("--backend", default="llama.cpp", help="members' backend (the mask is the same for any)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument(
+        "--json-string-repeats", type=int, default=2, help="the engine's guard against looping strings (0: off)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/constraints.md"))
     args = parser.parse_args()
     out = [
         "# Constrained decoding",
         "",
-        f"`python benchmarks/bench_constraints.py --parts {args.parts} --backend {args.backend}`; "
+        f"`python benchmarks/bench_constraints.py --parts {args.parts} --backend {args.backend} "
+        f"--json-string-repeats {args.json_string_repeats}`; "
         f"{platform.machine()}, torch {torch.__version__}, Python {platform.python_version()}.",
         "",
     ]
@@ -353,7 +362,7 @@ def main() -> None:
     if "mask" in args.parts:
         part_mask(args.backend, out, args.steps)
     if "extraction" in args.parts:
-        part_extraction(args.backend, out, args.max_new_tokens)
+        part_extraction(args.backend, out, args.max_new_tokens, args.json_string_repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(out) + "\n")
     print(f"wrote {args.out}")

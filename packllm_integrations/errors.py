@@ -115,4 +115,5 @@ class GenerationTimeoutError(PackLLMError, TimeoutError):
 
 
 class ConstraintError(PackLLMError, RuntimeError):
-    """A constraint left no token the pack can produce, or its grammar refused a chosen token."""
+    """A constraint left no token the pack can produce, its grammar refused a chosen token, or it came to a
+    point where nothing may follow before the output was a whole sentence of it."""

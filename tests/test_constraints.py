@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
 
 import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from packllm_integrations import ConfigError, Constraint, PackEngine, TextEvent
+from packllm_integrations import ConfigError, Constraint, ConstraintError, GenerationConfig, PackEngine, TextEvent
 from packllm_integrations.cli import main as cli_main
+from packllm_integrations.structured.constraints import MIN_REPEAT_SPAN, RepeatGuard, one_of_as_any_of
 
 pytest.importorskip("llguidance")
 
@@ -163,3 +166,212 @@ def test_the_command_line_takes_a_schema_file_and_a_regex(tmp_path, tiny_pack_fo
     assert cli_main(["generate", "--quiet", *models, "--regex", "[a-c]{5}", "Hello"]) == 0
     assert re.fullmatch(r"[a-c]{5}", capsys.readouterr().out.splitlines()[0])
     assert cli_main(["generate", "--quiet", *models, "--json-schema", str(tmp_path / "none.json"), "Hello"]) == 2
+
+
+# ---- oneOf, anyOf, allOf: every output validates; what cannot be enforced is refused -----------------
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int = Field(ge=1, le=9)
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    name: str = Field(max_length=5)
+
+
+class Pet(BaseModel):
+    pet: Annotated[Cat | Dog, Field(discriminator="kind")]
+
+
+COMPOSED = {
+    "tagged-union": Pet.model_json_schema(),
+    "one-of-by-type": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 9}, {"type": "boolean"}]},
+    "one-of-by-const": {
+        "oneOf": [
+            {"type": "object", "properties": {"k": {"const": 1}, "a": {"type": "boolean"}}, "required": ["k"]},
+            {"type": "object", "properties": {"k": {"enum": [2, 3]}, "b": {"enum": ["x"]}}, "required": ["k", "b"]},
+        ]
+    },
+    "one-of-beside-properties": {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 5}},
+        "required": ["n"],
+        "maxProperties": 2,
+        "additionalProperties": False,
+        "oneOf": [{"properties": {"n": {"const": 0}}, "required": ["n"]}, {"properties": {"n": {"enum": [1, 2]}}}],
+    },
+    "any-of-overlapping": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9}, {"enum": [3, "three"]}]},
+    "all-of-refs": {
+        "$defs": {"A": {"properties": {"a": {"type": "boolean"}}, "required": ["a"]}},
+        "type": "object",
+        "maxProperties": 2,
+        "allOf": [{"$ref": "#/$defs/A"}, {"properties": {"b": {"enum": [1, 2]}}, "required": ["b"]}],
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(COMPOSED))
+def test_composed_schemas_validate_exactly(engine, name) -> None:
+    """jsonschema enforces oneOf as "exactly one": an output matching two branches would fail here."""
+    schema = COMPOSED[name]
+    constraint = Constraint.json_schema(schema)
+    assert "oneOf" not in constraint.source  # each became the anyOf it equals
+    for temperature, seed in ((0.0, None), (1.0, 0), (1.0, 1)):
+        for r in engine.generate_batch(PROMPTS, constraint=constraint, temperature=temperature, seed=seed):
+            assert r.finish_reason == "stop", (r.text, r.finish_reason)
+            _valid(r.text, schema)
+
+
+OVERLAPPING = {
+    "integer and number": {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+    "objects without a tag": {
+        "type": "object",
+        "properties": {"p": {"oneOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"b": {}}}]}},
+    },
+    "a shared enum value": {"oneOf": [{"enum": [1, 2]}, {"const": 2.0}]},
+    "a tag neither requires": {
+        "oneOf": [{"properties": {"k": {"const": 1}}}, {"properties": {"k": {"const": 2}}}],
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(OVERLAPPING))
+def test_a_one_of_the_grammar_cannot_enforce_is_refused_where_it_is(name) -> None:
+    with pytest.raises(ConfigError, match=r"oneOf \(at #(/properties/p)?/oneOf\).*may overlap.*use anyOf"):
+        Constraint.json_schema(OVERLAPPING[name])
+
+
+def test_disjoint_branches_are_found_through_refs() -> None:
+    schema = Pet.model_json_schema()
+    assert "oneOf" in json.dumps(schema)
+    assert "anyOf" in one_of_as_any_of(schema)["properties"]["pet"]
+    assert one_of_as_any_of(schema)["$defs"] == schema["$defs"]
+
+
+# ---- grammars without a sentence, and grammars that come to a dead end --------------------------------
+
+EMPTY = {
+    "left recursion only": Constraint.lark('start: start "a"\n'),
+    "a rule that is itself": Constraint.lark("start: x\nx: x\n"),
+    "a schema that is its own ref": Constraint.json_schema({"$ref": "#"}),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY))
+def test_a_grammar_without_a_sentence_is_refused_never_an_empty_success(engine, name) -> None:
+    constraint = EMPTY[name]
+    assert "language is empty" in (constraint.problem() or "")
+    with pytest.raises(ConfigError, match="at least one sentence"):
+        engine.generate(PROMPTS[0], constraint=constraint)
+
+
+def test_a_grammar_that_comes_to_a_dead_end_is_a_constraint_error(engine) -> None:
+    """Its first token is allowed, then nothing: never an incomplete output with finish_reason 'stop'."""
+    constraint = Constraint.lark('start: "a" x\nx: x\n')
+    assert constraint.problem() is None  # not found before the output begins
+    with pytest.raises(ConstraintError, match="at step 1.*not a whole sentence"):
+        engine.generate(PROMPTS[0], constraint=constraint)
+
+
+def test_a_grammar_with_only_the_empty_sentence_is_no_error(engine) -> None:
+    r = engine.generate(PROMPTS[0], constraint=Constraint.regex("(ab)?"))
+    assert r.finish_reason == "stop" and r.text in ("", "ab")
+
+
+# ---- strings that go round in a loop --------------------------------------------------------------------
+
+FREE_STRING = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+
+
+def test_a_looping_string_is_ended_where_the_loop_shows(engine) -> None:
+    """Greedy random members loop inside an unbounded string: with the guard off the object is cut by
+    max_new_tokens; with it on, the output is the same up to the second copy of the loop, then the string
+    ends and the object validates."""
+    constraint = Constraint.json_schema(FREE_STRING)
+    off = engine.generate_batch(PROMPTS, constraint=constraint, json_string_repeats=0, max_new_tokens=150)
+    on = engine.generate_batch(PROMPTS, constraint=constraint, max_new_tokens=150)
+    assert sum(r.finish_reason == "length" for r in off) >= 2  # the failure the guard is for
+    for cut, guarded in zip(off, on, strict=True):
+        assert guarded.finish_reason == "stop", guarded.text
+        _valid(guarded.text, FREE_STRING)
+        if cut.finish_reason == "stop":
+            assert guarded.text == cut.text
+            continue
+        head = guarded.text[: guarded.text.rindex('"')]  # up to the quote that ended the string
+        assert cut.text.startswith(head)  # the same output until the string was ended
+        guard = RepeatGuard(2, whole=True)
+        guard.read(head)
+        assert guard.looping  # ended where it ends in a loop
+
+
+def test_the_repeat_guard_reads_json_strings_only() -> None:
+    loop = "A cat is a cat, right? " * 2
+    for text, whole, looping in [
+        ('{"a": "' + loop, True, True),
+        ('"' + loop, True, True),  # a string that is the whole output
+        ('"' + loop, False, False),  # text before any JSON: not a string of it
+        ("<tool_call>\n{" + '"name": "' + loop, False, True),
+        ('{"a": "' + loop + '", "b": 1', True, False),  # the string ended
+        ('{"a": "' + loop.replace("?", '\\"'), True, True),  # escaped quotes stay inside
+        ('{"a": "' + "ha " * 7, True, False),  # shorter than MIN_REPEAT_SPAN
+        ('{"a": "' + "!" * MIN_REPEAT_SPAN, True, True),
+        ('{"a": "' + loop, True, True),
+    ]:
+        guard = RepeatGuard(2, whole=whole)
+        for ch in text:  # piece by piece, as tokens come
+            guard.read(ch)
+        assert guard.looping is looping, text
+    three = RepeatGuard(3, whole=True)
+    three.read('"' + loop)
+    assert not three.looping
+
+
+@pytest.mark.parametrize("bad", [1, -1, "2", 2.0])
+def test_bad_json_string_repeats(bad) -> None:
+    with pytest.raises(ConfigError, match="json_string_repeats"):
+        GenerationConfig(json_string_repeats=bad)
+
+
+# ---- the command line: every bad schema or grammar is one line and exit code 2 ---------------------------
+
+
+def _deep_text(levels: int) -> str:
+    return '{"type": "object", "properties": {"a": ' * levels + "{}" + "}}" * levels
+
+
+CLI_BAD = {
+    "nested 400 deep": ("--json-schema", _deep_text(400), "at most 100 deep"),
+    "nested 5000 deep": ("--json-schema", _deep_text(5000), "at most 100 deep"),
+    "NaN": ("--json-schema", '{"type": "number", "maximum": NaN}', "finite"),
+    "not JSON": ("--json-schema", "{type: object", "JSON Schema in JSON"),
+    "unknown type": ("--json-schema", '{"type": "strnig"}', "strnig"),
+    "overlapping oneOf": ("--json-schema", '{"oneOf": [{"type": "integer"}, {"type": "number"}]}', "oneOf"),
+    "its own ref": ("--json-schema", '{"$ref": "#"}', "language is empty"),
+    "lark syntax": ("--grammar", "start: /a/ /", "Lark grammar"),
+    "lark unknown rule": ("--grammar", "start: x", "unknown name"),
+    "lark left recursion only": ("--grammar", 'start: start "a"', "language is empty"),
+    "lark nested 3000 deep": ("--grammar", "start: " + "(" * 3000 + '"a"' + ")" * 3000, "too deeply nested"),
+    "regex": ("--regex", "[z-a]", "regular expression"),
+    "regex nested 5000 deep": ("--regex", "(" * 5000 + ")" * 5000, "regular expression"),
+}
+
+
+@pytest.mark.parametrize("name", list(CLI_BAD))
+def test_every_bad_schema_or_grammar_on_the_command_line_is_one_line(tmp_path, capsys, name) -> None:
+    option, text, expected = CLI_BAD[name]
+    value = text
+    if option != "--regex":
+        value = str(tmp_path / "given")
+        Path(value).write_text(text)
+    assert cli_main(["generate", "--quiet", "--model", "no-such-model", option, value, "Hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"packllm: error: {option}=") and len(err) < 1200, err
+    assert expected in err
+
+
+def test_a_missing_schema_file_is_one_line(tmp_path, capsys) -> None:
+    for option in ("--json-schema", "--grammar"):
+        assert cli_main(["generate", "--quiet", option, str(tmp_path / "none"), "Hello"]) == 2
+        assert capsys.readouterr().err.startswith(f"packllm: error: {option}=")

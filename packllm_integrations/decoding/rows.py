@@ -63,6 +63,8 @@ class Row:
             if self.stops.stopped:
                 self.finish = "stop"
             text += self.stops.flush()
+        if self.matcher is not None:
+            self.matcher.read(text)
         return text
 
     def feed(self, token: int) -> None:

@@ -112,9 +112,10 @@ class ToolRequest:
         """Whether the reply must be calls (``tool_choice`` required or a tool's name)."""
         return self.choice not in ("auto", "none")
 
-    def reply(self, text: str) -> Reply:
-        """The reply's text read back as content and calls (calls already answered left out)."""
-        return parse_reply(text, self.tools, must_call=self.must_call, answered=self.answered)
+    def reply(self, text: str, cut: str | None = None) -> Reply:
+        """The reply's text read back as content and calls (calls already answered left out); ``cut``: why
+        the output was cut, given as the error of a call it cut."""
+        return parse_reply(text, self.tools, must_call=self.must_call, answered=self.answered, cut=cut)
 
     def stream(self) -> ReplyStream:
         """A reader of the reply as it streams (see :class:`~packllm_integrations.structured.replies.ReplyStream`)."""

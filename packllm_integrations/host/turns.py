@@ -10,7 +10,7 @@ reports both runs' tokens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,9 +18,10 @@ from ..config import GenerationConfig
 from ..events import Event, FinishEvent, GenerationResult, TextEvent, Usage, WeightsEvent
 from ..structured.tools import InvalidCall, ToolCall
 from .running import Runner
+from .settings import SETTINGS
 from .tool_request import ToolRequest
 
-__all__ = ["ChatTurn", "TurnEnd"]
+__all__ = ["ChatTurn", "TurnEnd", "cut_detail"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,32 @@ class TurnEnd:
     invalid: list[InvalidCall]
     answered_from_results: bool = False
     """Whether the text is the answer the pack gave from the tool results, its calls being repeats."""
+    detail: str | None = None
+    """Why a constrained reply is not whole, and what to do (see :func:`cut_detail`); None when it is."""
+
+
+def cut_detail(result: GenerationResult, max_new_tokens: int, what: str, host: str | None = None) -> str | None:
+    """What ended a constrained output before it was whole (``finish_reason="length"``), and what to do.
+
+    ``what``: the output's name ("the call", "the structured output"); ``host``: whose name
+    for ``max_new_tokens`` to use (LangChain's ``max_tokens``). None when it is not cut.
+
+    >>> from packllm_integrations.events import GenerationResult, Usage
+    >>> cut = GenerationResult('{"a', "length", {}, {}, "m", Usage(5, 16))
+    >>> cut_detail(cut, 16, "the call", "langchain")  # doctest: +NORMALIZE_WHITESPACE
+    "max_tokens=16 ended the call before it was whole (cut after 16 tokens): raise max_tokens, ask for
+    shorter values, or bound the schema's strings and arrays (maxLength, maxItems, enum)"
+    """
+    if result.finish_reason != "length":
+        return None
+    name = SETTINGS[0].host_name(host) if host is not None else SETTINGS[0].name
+    n = result.usage.completion_tokens
+    if n < max_new_tokens:
+        return f"the context window ended {what} before it was whole (cut after {n} tokens): shorten the prompt"
+    return (
+        f"{name}={max_new_tokens} ended {what} before it was whole (cut after {n} tokens): raise {name}, "
+        "ask for shorter values, or bound the schema's strings and arrays (maxLength, maxItems, enum)"
+    )
 
 
 Piece = WeightsEvent | str | ToolCall | TurnEnd
@@ -41,7 +68,7 @@ Piece = WeightsEvent | str | ToolCall | TurnEnd
 
 class ChatTurn:
     """One reply to chat ``messages`` (engine dicts, or a prompt already rendered) under ``config``, with
-    the tools of ``request``.
+    the tools of ``request``; ``host`` names the settings in what it says (see :func:`cut_detail`).
 
     Example:
         >>> turn = ChatTurn(Runner(engine), messages, engine.config, ToolRequest.of(tools))  # doctest: +SKIP
@@ -55,14 +82,22 @@ class ChatTurn:
         messages: Sequence[Mapping[str, Any]] | str,
         config: GenerationConfig,
         request: ToolRequest | None,
+        host: str | None = None,
     ) -> None:
-        self.runner, self.config = runner, config
+        self.runner, self.config, self.host = runner, config, host
         self.messages: Any = messages if isinstance(messages, str) else list(messages)  # a str: a rendered prompt
         self.request = request.given(self.messages) if request is not None else None
 
     def _runs(self) -> tuple[Any, GenerationConfig]:
         prompt = self.messages if self.request is None else self.request.prompt(self.messages)
         return prompt, self.config
+
+    def _explain(self, result: GenerationResult) -> str | None:
+        """Why the reply is not whole, where a constraint was on and it was cut."""
+        if self.config.constraint is None:
+            return None
+        what = "the structured output" if self.request is None else "the call"
+        return cut_detail(result, self.config.max_new_tokens, what, self.host)
 
     def _answer_run(self) -> tuple[Any, GenerationConfig]:
         assert self.request is not None
@@ -75,7 +110,7 @@ class ChatTurn:
         that keep only the end: a restart begins the reply again).
         """
         prompt, config = self._runs()
-        first = _State(self.request)
+        first = _State(self.request, explain=self._explain)
         for event in self.runner.events([prompt], config, restart_after_output=restart_after_output):
             yield from first(event)
         if first.answer_needed is not None:
@@ -87,7 +122,7 @@ class ChatTurn:
     async def apieces(self, *, restart_after_output: bool = False) -> AsyncIterator[Piece]:
         """:meth:`pieces` with the decoding steps in worker threads."""
         prompt, config = self._runs()
-        first = _State(self.request)
+        first = _State(self.request, explain=self._explain)
         async for event in self.runner.aevents([prompt], config, restart_after_output=restart_after_output):
             for piece in first(event):
                 yield piece
@@ -122,8 +157,13 @@ def _last(pieces: Iterator[Piece]) -> TurnEnd:
 class _State:
     """One run's events as pieces; ``before``: the run this one answers for (its tokens are added)."""
 
-    def __init__(self, request: ToolRequest | None, before: GenerationResult | None = None) -> None:
-        self.request, self.before = request, before
+    def __init__(
+        self,
+        request: ToolRequest | None,
+        before: GenerationResult | None = None,
+        explain: Callable[[GenerationResult], str | None] | None = None,
+    ) -> None:
+        self.request, self.before, self.explain = request, before, explain
         self.stream = request.stream() if request is not None else None
         self.answer_needed: GenerationResult | None = None
 
@@ -138,8 +178,9 @@ class _State:
         return []
 
     def _finish(self, result: GenerationResult) -> list[Piece]:
+        detail = self.explain(result) if self.explain is not None else None
         if self.stream is None or self.request is None:
-            return [TurnEnd(_summed(self.before, result), result.text, [], [], self.before is not None)]
+            return [TurnEnd(_summed(self.before, result), result.text, [], [], self.before is not None, detail)]
         out: list[Piece] = list(self.stream.close())
         s = self.stream
         if (
@@ -151,8 +192,8 @@ class _State:
         ):
             self.answer_needed = result
             return out
-        reply = self.request.reply(result.text)  # the content and the invalid calls; the calls are those streamed
-        return [*out, TurnEnd(result, reply.content, list(s.calls), reply.invalid)]
+        reply = self.request.reply(result.text, cut=detail)  # the content and invalid calls; the calls: as streamed
+        return [*out, TurnEnd(result, reply.content, list(s.calls), reply.invalid, detail=detail)]
 
 
 def _summed(before: GenerationResult | None, result: GenerationResult) -> GenerationResult:

@@ -139,7 +139,7 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         """A call's turn: its messages, its config (with its constraint) and its tools."""
         request, constraint, rest = split_call(_without_stream(kwargs))
         config = constrained(self._call_config(stop, rest), request, constraint)
-        return ChatTurn(self._runner(), to_chat_messages(messages), config, request)
+        return ChatTurn(self._runner(), to_chat_messages(messages), config, request, host="langchain")
 
     def _generate(
         self,
@@ -169,6 +169,8 @@ class ChatPackLLM(PackSettings, BaseChatModel):
         out: dict[str, Any] = {"model_name": self.model_name, **_calls_finish(bool(end.calls))}
         if end.answered_from_results:
             out["answered_from_results"] = True
+        if end.detail:  # a constrained reply cut before it was whole: what cut it, and what to do
+            out["finish_detail"] = end.detail
         return out
 
     # ---- streaming ----------------------------------------------------------------------

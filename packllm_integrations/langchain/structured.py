@@ -40,7 +40,7 @@ def structured_output(
     trace = {"ls_structured_output_format": {"kwargs": {"method": method}, "schema": schema}}
     parser: BaseOutputParser[Any] | Runnable[Any, Any]
     if method == "function_calling":
-        tool = convert_to_openai_tool(schema)  # type: ignore[arg-type]
+        tool = _forced_tool(schema)  # type: ignore[arg-type]
         name = tool["function"]["name"]
         try:
             bound = model.bind_tools([tool], tool_choice=name, parallel_tool_calls=False, **trace)
@@ -75,14 +75,16 @@ class _Whole:
         if not partial:
             text = result[0].text
             message = getattr(result[0], "message", None)
-            finish = message.response_metadata.get("finish_reason") if message is not None else None
+            metadata = message.response_metadata if message is not None else {}
+            finish = metadata.get("finish_reason")
+            if finish == "length":
+                why = metadata.get("finish_detail") or "max_tokens ended the structured output before it was whole"
+                raise OutputParserException(f"the structured output was cut: {why}", llm_output=text)
             try:
                 json.loads(text)
             except json.JSONDecodeError as exc:
                 why = f"the structured output did not parse: {exc} (finish_reason={finish!r})"
                 raise OutputParserException(why, llm_output=text) from None
-            if finish == "length":
-                raise OutputParserException("the structured output was cut by max_tokens", llm_output=text)
         return super().parse_result(result, partial=partial)  # type: ignore[misc]
 
 
@@ -105,6 +107,26 @@ def _called(message: AIMessage) -> AIMessage:
         finish = message.response_metadata.get("finish_reason")
         raise OutputParserException(f"the structured output did not parse: {why} (finish_reason={finish!r})")
     return message
+
+
+def _forced_tool(schema: dict[str, Any] | type) -> dict[str, Any]:
+    """The tool a forced call of ``schema`` is (``method="function_calling"``).
+
+    A JSON Schema is taken whole, its ``title`` the tool's name: LangChain's conversion keeps
+    one only when it has top-level ``properties``, so that a ``oneOf`` or ``anyOf`` of objects
+    would become a tool without arguments.
+    """
+    if isinstance(schema, dict) and "function" not in schema and "name" not in schema:
+        title = schema.get("title")
+        if not isinstance(title, str):
+            raise ConfigError("schema", schema, "a JSON Schema with a 'title' (the tool's name) for function_calling")
+        parameters = {k: v for k, v in schema.items() if k not in ("title", "description")}
+        description = schema.get("description") or ""
+        return {"type": "function", "function": {"name": title, "description": description, "parameters": parameters}}
+    try:
+        return convert_to_openai_tool(schema)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("schema", schema, f"a pydantic model, TypedDict or JSON Schema ({exc})") from None
 
 
 def _is_pydantic(schema: Any) -> bool:

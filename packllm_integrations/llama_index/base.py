@@ -162,8 +162,8 @@ class PackLLM(LlamaIndexFields, CustomLLM, FunctionCallingLLM):
         if isinstance(prompt, str):
             if request is not None:
                 raise PromptError("messages_to_prompt", "<custom>", "the members' chat templates when tools are given")
-            return ChatTurn(self._runner(), prompt, config, None)
-        return ChatTurn(self._runner(), prompt, config, request)
+            return ChatTurn(self._runner(), prompt, config, None, host="llama_index")
+        return ChatTurn(self._runner(), prompt, config, request, host="llama_index")
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -226,8 +226,10 @@ class PackLLM(LlamaIndexFields, CustomLLM, FunctionCallingLLM):
         """The calls of a reply (see :meth:`chat`); none raises ``ValueError`` if ``error_on_no_tool_call``."""
         calls = selections(response.message)
         if not calls and error_on_no_tool_call:
-            why = response.additional_kwargs.get("invalid_tool_calls") or response.message.content
-            raise ValueError(f"the reply holds no tool call ({why!r})")
+            invalid = response.additional_kwargs.get("invalid_tool_calls")
+            if invalid:  # a call cut by max_new_tokens says so, and what to do
+                raise ValueError(f"the reply holds no tool call: {invalid[0]['error']} ({invalid!r})")
+            raise ValueError(f"the reply holds no tool call ({response.message.content!r})")
         return calls
 
 
@@ -249,6 +251,8 @@ def _chat_response(end: TurnEnd) -> ChatResponse:
         info["invalid_tool_calls"] = [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in end.invalid]
     if end.answered_from_results:
         info["answered_from_results"] = True
+    if end.detail:  # a constrained reply cut before it was whole: what cut it, and what to do
+        info["finish_detail"] = end.detail
     return ChatResponse(message=_chat_message(end.content, end.calls), additional_kwargs=info, raw=end.result.to_dict())
 
 

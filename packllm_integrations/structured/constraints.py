@@ -7,7 +7,10 @@ exactly this); before each token is chosen, the tokens the grammar does not allo
 get a fused score of ``-inf``, in greedy and sampled decoding alike. End-of-sequence is
 allowed only where the grammar is complete. The output ends with ``finish_reason="stop"``
 when the grammar is complete (by an end token or because nothing more may follow);
-``"length"`` means ``max_new_tokens`` cut it before that, so it need not parse.
+``"length"`` means ``max_new_tokens`` cut it before that, so it need not parse. A grammar
+with an empty language is refused; one that comes to a dead end before the output is whole
+raises :class:`~packllm_integrations.errors.ConstraintError`. JSON Schemas are taken as
+llguidance enforces them exactly (:mod:`.schemas`); a looping string is ended (:mod:`.repeats`).
 
 Compiled tokenizers are kept per engine (building one takes up to about a second for a
 262k vocabulary); a grammar the library cannot compile (an unsupported schema feature)
@@ -28,8 +31,21 @@ import torch
 
 from ..alignment.vocabulary import byte_level_chars
 from ..errors import ConfigError, ConstraintError
+from .repeats import MIN_REPEAT_SPAN, RepeatGuard
+from .schemas import JSON_LAYOUT, MAX_SCHEMA_DEPTH, closed_schema, nesting, one_of_as_any_of
 
-__all__ = ["JSON_LAYOUT", "Constraint", "Grammars", "RowMatcher", "closed_schema", "mask"]
+__all__ = [
+    "JSON_LAYOUT",
+    "MAX_SCHEMA_DEPTH",
+    "MIN_REPEAT_SPAN",
+    "Constraint",
+    "Grammars",
+    "RepeatGuard",
+    "RowMatcher",
+    "closed_schema",
+    "mask",
+    "one_of_as_any_of",
+]
 
 KINDS = ("json_schema", "regex", "lark")
 
@@ -64,14 +80,17 @@ class Constraint:
                 schema = json.loads(schema)
             except json.JSONDecodeError as exc:
                 raise ConfigError("constraint", schema[:80], f"a JSON Schema in JSON ({exc})") from None
+            except RecursionError:
+                raise ConfigError("constraint", schema[:80], f"a JSON Schema at most {MAX_SCHEMA_DEPTH} deep") from None
         if not isinstance(schema, Mapping):
             raise ConfigError("constraint", schema, "a JSON Schema (a dict, its JSON text or a pydantic model)")
-        if (depth := _nesting(schema)) > MAX_SCHEMA_DEPTH:
+        if nesting(schema) > MAX_SCHEMA_DEPTH:
             raise ConfigError(
                 "constraint",
-                f"<a schema {depth} objects and arrays deep>",
+                f"<a schema more than {MAX_SCHEMA_DEPTH} objects and arrays deep>",
                 f"a JSON Schema at most {MAX_SCHEMA_DEPTH} deep",
             )
+        schema = one_of_as_any_of(schema)  # a oneOf the grammar cannot enforce raises here
         try:  # key order kept: the output follows it
             text = json.dumps(closed_schema(schema), allow_nan=False)
         except ValueError:
@@ -123,74 +142,47 @@ class Constraint:
 def _problem(constraint: Constraint) -> str | None:
     from llguidance import LLMatcher
 
-    return LLMatcher.validate_grammar(constraint.grammar()) or None  # it reports, never raises
+    grammar = constraint.grammar()
+    problem = LLMatcher.validate_grammar(grammar)  # it reports, never raises
+    if problem:
+        return problem
+    return _empty(LLMatcher(_byte_tokenizer(), grammar, log_level=0))
 
 
-MAX_SCHEMA_DEPTH = 100
-"""How deeply objects and arrays may nest in a JSON Schema (the grammar library's parser stops at 128)."""
+EMPTY = "its language is empty: no output can begin a sentence of it"
+"""What a grammar whose language is empty (``start: start "a"``, a schema ``{"$ref": "#"}``) is refused for."""
 
 
-def _nesting(value: Any) -> int:
-    """How deeply dicts and lists nest in ``value`` (without recursion, so any depth is measured).
-
-    >>> _nesting({"a": [{"b": 1}]}), _nesting(3)
-    (3, 0)
-    """
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, Mapping) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if depth <= MAX_SCHEMA_DEPTH:  # deeper than the limit is enough to know
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+def _empty(matcher: Any) -> str | None:
+    """:data:`EMPTY` when ``matcher`` (fresh) allows no first token and is not complete, else None (llguidance's
+    ``NoExtensionBias`` at the first mask). A grammar whose every sentence is infinite (``start: "a" start``)
+    is not found: it runs until ``max_new_tokens`` and ends with ``"length"``, never ``"stop"``."""
+    probe = matcher.deep_copy()
+    probe.compute_bitmask()
+    return EMPTY if probe.is_error() and not probe.is_accepting() else None
 
 
-JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-"""JSON as ``json.dumps`` writes it: no free whitespace for a model to wander in."""
+@functools.cache
+def _byte_tokenizer() -> Any:
+    """A vocabulary of the 256 bytes and an end token: enough to ask llguidance about a grammar's language
+    before any member's vocabulary is at hand (every byte string can be written with it)."""
+    from llguidance import LLTokenizer
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-
-def closed_schema(schema: Any) -> Any:
-    """``schema`` with ``additionalProperties: false`` wherever an object lists its properties and says nothing.
-
-    What matches the closed schema matches the original (it is a subset), and a model is
-    kept from adding keys of its own after the ones asked for. An object whose keys other
-    subschemas may add (``allOf``, ``anyOf``, ``oneOf``, ``$ref``, ``if``, ...) stays open, and so do
-    the branches of an ``allOf`` (each must accept the others' keys).
-
-    >>> closed_schema({"properties": {"a": {}}})
-    {'properties': {'a': {}}, 'additionalProperties': False}
-    >>> closed_schema({"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]})
-    {'allOf': [{'properties': {'a': {}}}, {'properties': {'b': {}}}]}
-    """
-    return _closed(schema, close=True)
-
-
-_SHARED_KEYS = frozenset({"allOf", "anyOf", "oneOf", "$ref", "if", "then", "else", "dependentSchemas"})
-"""Keywords beside ``properties`` through which other subschemas may add keys to the same object."""
-
-
-def _closed(schema: Any, close: bool) -> Any:
-    if isinstance(schema, Mapping):
-        out = {
-            k: [_closed(v, False) for v in value] if k == "allOf" and isinstance(value, list) else _closed(value, True)
-            for k, value in schema.items()
-        }
-        if close and "properties" in out and "additionalProperties" not in out and not _SHARED_KEYS & out.keys():
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_closed(v, True) for v in schema]
-    return schema
+    chars = byte_level_chars()
+    tokenizer = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken("<|end|>", special=True)])
+    return LLTokenizer(tokenizer.to_str(), n_vocab=257, eos_token=[256])
 
 
 class Grammars:
-    """One engine's compiled tokenizers (by fingerprint) and checked grammars."""
+    """One engine's compiled tokenizers (by fingerprint), checked grammars, and each vocabulary's string closers."""
 
     def __init__(self) -> None:
         self._tokenizers: dict[str, Any] = {}
+        self._closers: dict[str, torch.Tensor] = {}
         self._checked: set[tuple[str, Constraint]] = set()
         self._lock = threading.Lock()
 
@@ -201,23 +193,44 @@ class Grammars:
                 self._tokenizers[key] = _ll_tokenizer(member)
             return self._tokenizers[key]
 
-    def matcher(self, member: Any, constraint: Constraint) -> RowMatcher:
-        """A fresh matcher of ``constraint`` over ``member``'s vocabulary."""
+    def _closing(self, member: Any, tokenizer: Any) -> torch.Tensor:
+        """The tokens of ``member``'s vocabulary whose text begins with ``"``: a bool tensor [vocab_size]."""
+        key = member.tokenizer_fingerprint
+        with self._lock:
+            if key not in self._closers:
+                closing = torch.zeros(member.vocab_size, dtype=torch.bool)
+                for token in range(min(member.vocab_size, tokenizer.vocab_size)):
+                    closing[token] = tokenizer.decode_bytes([token]).startswith(b'"')
+                self._closers[key] = closing
+            return self._closers[key]
+
+    def matcher(self, member: Any, constraint: Constraint, string_repeats: int = 0) -> RowMatcher:
+        """A fresh matcher of ``constraint`` over ``member``'s vocabulary (``string_repeats``: :class:`RepeatGuard`'s,
+        0: none)."""
         from llguidance import LLMatcher
 
         tokenizer = self._tokenizer(member)
         grammar = constraint.grammar()
         key = (member.tokenizer_fingerprint, constraint)
+        shown = constraint.source[:200]
         if key not in self._checked:
             error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
             if error:
-                raise ConfigError("constraint", constraint.source[:200], f"a grammar llguidance takes: {messages[0]}")
-            self._checked.add(key)
+                raise ConfigError("constraint", shown, f"a grammar llguidance takes: {messages[0]}")
         matcher = LLMatcher(tokenizer, grammar, log_level=0)
         if matcher.is_error():
             reason = matcher.get_error()
-            raise ConfigError("constraint", constraint.source[:200], f"a grammar llguidance takes: {reason}")
-        return RowMatcher(matcher, member.vocab_size)
+            raise ConfigError("constraint", shown, f"a grammar llguidance takes: {reason}")
+        if key not in self._checked:
+            if empty := _empty(matcher):
+                raise ConfigError("constraint", shown, f"a grammar with at least one sentence ({empty})")
+            self._checked.add(key)
+        guard = None
+        json_text = constraint.kind == "json_schema" or (constraint.kind == "lark" and "%json" in constraint.source)
+        if string_repeats and json_text:
+            guard = RepeatGuard(string_repeats, whole=constraint.kind == "json_schema")
+        closing = self._closing(member, tokenizer) if guard is not None else None
+        return RowMatcher(matcher, member.vocab_size, guard, closing)
 
 
 def _ll_tokenizer(member: Any) -> Any:
@@ -249,24 +262,51 @@ def _ll_tokenizer(member: Any) -> Any:
 
 
 class RowMatcher:
-    """One prompt's grammar state: the mask of its next token, and the tokens chosen so far."""
+    """One prompt's grammar state: the mask of its next token, and the tokens chosen so far.
 
-    def __init__(self, matcher: Any, width: int) -> None:
+    ``guard`` and ``closing`` (the tokens that begin with ``"``): see :class:`RepeatGuard`.
+    """
+
+    def __init__(
+        self, matcher: Any, width: int, guard: RepeatGuard | None = None, closing: torch.Tensor | None = None
+    ) -> None:
         self.matcher, self.width = matcher, width
+        self.guard, self.closing = guard, closing
 
     def allowed(self) -> torch.Tensor:
-        """The tokens the grammar allows next: a bool tensor [width]."""
+        """The tokens the grammar allows next: a bool tensor [width] (only those that end a looping string,
+        where the grammar allows one).
+
+        A grammar that allows nothing more where the output is not whole raises
+        :class:`~packllm_integrations.errors.ConstraintError`."""
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        if self.matcher.is_error():
+            reason = self.matcher.get_error().splitlines()[0]
+            raise ConstraintError(
+                "the grammar allows no token after the output so far, which is not a whole sentence of it: "
+                f"a rule it took can never end (llguidance: {reason})"
+            )
         allowed = np.unpackbits(bits, bitorder="little")[: self.width].astype(bool)
         if allowed.shape[0] < self.width:
             allowed = np.concatenate([allowed, np.zeros(self.width - allowed.shape[0], dtype=bool)])
-        return torch.from_numpy(allowed)
+        out = torch.from_numpy(allowed)
+        if self.guard is not None and self.closing is not None and self.guard.looping:
+            closing = out & self.closing
+            if bool(closing.any()):
+                self.guard.closed += 1
+                return closing
+        return out
 
     def advance(self, token: int) -> bool:
         """Record the chosen token; True when the grammar is complete and nothing more may follow."""
         if not self.matcher.consume_token(int(token)):
             raise ConstraintError(f"the grammar refused token {token}: {self.matcher.get_error()}")
         return bool(self.matcher.is_stopped())
+
+    def read(self, text: str) -> None:
+        """The text the chosen tokens became (for the guard against looping strings)."""
+        if self.guard is not None:
+            self.guard.read(text)
 
     @property
     def complete(self) -> bool:
@@ -279,7 +319,11 @@ def mask(fused: torch.Tensor, matchers: Sequence[RowMatcher | None], step: int) 
     for i, m in enumerate(matchers):
         if m is None:
             continue
-        fused[i].masked_fill_(~m.allowed().to(fused.device), float("-inf"))  # both: the reference's vocab_size
+        try:
+            allowed = m.allowed()
+        except ConstraintError as exc:
+            raise ConstraintError(f"at step {step}, {exc}") from None
+        fused[i].masked_fill_(~allowed.to(fused.device), float("-inf"))  # both: the reference's vocab_size
         if not bool(torch.isfinite(fused[i]).any()):
             raise ConstraintError(f"at step {step}, the constraint allows no token the pack can produce")
     return fused

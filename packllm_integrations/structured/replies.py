@@ -25,7 +25,12 @@ _HEAD = re.compile(r'\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ')
 
 
 def parse_reply(
-    text: str, tools: Sequence[Tool] = (), *, must_call: bool = False, answered: frozenset[str] = frozenset()
+    text: str,
+    tools: Sequence[Tool] = (),
+    *,
+    must_call: bool = False,
+    answered: frozenset[str] = frozenset(),
+    cut: str | None = None,
 ) -> Reply:
     """``text`` as a reply: plain text, or the calls it holds (a call that does not parse is invalid).
 
@@ -36,12 +41,14 @@ def parse_reply(
     (same tool, same arguments) is left out. ``must_call``: the reply was to be calls (a
     required or named ``tool_choice``), so any other text is a call cut before it began.
     ``answered``: the :func:`call_key` of calls the conversation already holds results for;
-    a reply's call of one of them is left out too (counted in ``Reply.repeats``).
+    a reply's call of one of them is left out too (counted in ``Reply.repeats``). ``cut``: why the
+    output was cut (what ``max_new_tokens`` did), the error of a call it cut instead of a generic one.
     """
     form = call_form(text)
     if form in (None, "text"):
         if must_call and text:  # under a grammar that wants a call, only a cut reply is no call
-            return Reply("", [], [InvalidCall(None, text, new_call_id(), "the output was cut before the call began")])
+            why = cut or "the output was cut before the call began"
+            return Reply("", [], [InvalidCall(None, text, new_call_id(), why)])
         return Reply(text, [], [])
     text = text.lstrip(_BLANK)
     names = {t.name for t in tools}
@@ -49,7 +56,7 @@ def parse_reply(
     invalid: list[InvalidCall] = []
     repeats = 0
     for body, closed in _bodies(text, form):
-        call = _call(body, closed, names)
+        call = _call(body, closed, names, cut)
         if isinstance(call, InvalidCall):
             invalid.append(call)
         elif call_key(call) in answered:
@@ -98,15 +105,16 @@ def _repeats(call: ToolCall, earlier: Sequence[ToolCall]) -> bool:
     return any(c.name == call.name and c.arguments == call.arguments for c in earlier)
 
 
-def _call(body: str, closed: bool, names: set[str]) -> ToolCall | InvalidCall:
-    """One block's call, or why it is none (``closed``: whether the block's end tag followed)."""
+def _call(body: str, closed: bool, names: set[str], cut: str | None = None) -> ToolCall | InvalidCall:
+    """One block's call, or why it is none (``closed``: whether the block's end tag followed; ``cut``: why
+    the output was cut, if it was)."""
     call_id = new_call_id()
     try:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
         head = _HEAD.match(body)
         name = json.loads(head.group(1)) if head else None
-        why = f"not JSON ({exc})" if closed else "the output was cut before the call ended"
+        why = f"not JSON ({exc})" if closed else cut or "the output was cut before the call ended"
         return InvalidCall(name, body[head.end() :] if head else body, call_id, why)
     name, arguments = (value.get("name"), value.get("arguments")) if isinstance(value, dict) else (None, None)
     if not isinstance(name, str) or not isinstance(arguments, dict) or (names and name not in names):

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .constraints import JSON_LAYOUT, Constraint, closed_schema
+from .constraints import Constraint
+from .schemas import JSON_LAYOUT, closed_schema, one_of_as_any_of
 
 __all__ = [
     "Conversation",
@@ -214,12 +215,12 @@ def _calls_schema(tools: Sequence[Tool]) -> dict[str, Any]:
     defs: dict[str, Any] = {}
     options = []
     for i, tool in enumerate(tools):  # tools may share a name: each is offered, a call validates against one
-        params = dict(tool.parameters)
+        params = {"type": "object", **one_of_as_any_of(tool.parameters)}  # checked when the tool was made
         local = {**params.pop("$defs", {}), **params.pop("definitions", {})}
         rename = {f"#/{k}/{d}": f"#/$defs/t{i}.{d}" for k in ("$defs", "definitions") for d in local}
         rename["#"] = f"#/$defs/t{i}"  # the arguments live at t{i}: their own root (recursive schemas) too
         defs.update({f"t{i}.{d}": _renamed(v, rename, tool) for d, v in local.items()})
-        defs[f"t{i}"] = _renamed(closed_schema(params), rename, tool)
+        defs[f"t{i}"] = _renamed(params, rename, tool)
         arguments = {"$ref": f"#/$defs/t{i}"}
         options.append(
             {
@@ -230,8 +231,7 @@ def _calls_schema(tools: Sequence[Tool]) -> dict[str, Any]:
             }
         )
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    schema = {**schema, "$defs": closed_schema(defs)}
-    return {"x-guidance": dict(JSON_LAYOUT), **schema}
+    return {"x-guidance": dict(JSON_LAYOUT), **closed_schema({**schema, "$defs": defs})}
 
 
 def _renamed(schema: Any, rename: Mapping[str, str], tool: Tool) -> Any:
