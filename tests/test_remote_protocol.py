@@ -2,20 +2,26 @@
 
 The servers here are real HTTP servers (the standard library's, on 127.0.0.1) that answer
 ``/v1/models`` properly and ``/v1/completions`` with what a broken server sends: an error
-status, a body that is not JSON, JSON without the log-probabilities. A real llama.cpp
-server is in ``tests/integration/test_remote_real.py``.
+status, a body that is not JSON, JSON without the log-probabilities; and one that speaks
+vLLM's completions protocol over a real tiny model in this process (exact prompt scores,
+named tokens, the server's limits). A real llama.cpp server is in
+``tests/integration/test_remote_real.py``, a real vLLM in ``tests/integration/test_vllm_real.py``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+import torch
 
 from packllm_integrations import BackendError, ConfigError, MemberError, MemberSpec, ModelLoadError, PackEngine
 from packllm_integrations.backends.remote import RemoteMember
+from packllm_integrations.decoding.fusion import nll_per_token
 from packllm_integrations.loading import parse_spec
 from tests import tiny
 
@@ -143,3 +149,187 @@ def test_a_model_the_server_does_not_have_is_a_load_error(broken_server) -> None
         RemoteMember.connect(
             MemberSpec("other", backend="openai", url=url, tokenizer="tiny"), tiny.bytelevel_tokenizer()
         )
+
+
+class _VllmLike(BaseHTTPRequestHandler):
+    """vLLM's completions protocol over a real tiny model in this process: token-id prompts,
+    ``logprobs`` and ``prompt_logprobs`` (each position's top k plus the prompt token's own
+    entry), ``logprob_token_ids`` (the named tokens and the sampled one), ids as keys, and
+    HTTP 400 above ``max_logprobs``, as the real server answers (checked against it in
+    ``tests/integration/test_vllm_real.py``)."""
+
+    member: Any = None
+    max_logprobs = 20
+    max_model_len: Any = 256
+    named_requests = 0
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def _send(self, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(200, {"data": [{"id": "tiny", "owned_by": "vllm", "max_model_len": self.max_model_len}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        tokenizer = self.member.tokenizer
+        if self.path.endswith("tokenize"):
+            return self._send(200, {"tokens": tokenizer(request["prompt"], add_special_tokens=True)["input_ids"]})
+        for field in ("logprobs", "prompt_logprobs"):
+            if (request.get(field) or 0) > self.max_logprobs and not request.get("logprob_token_ids"):
+                message = (
+                    f"Requested {field} of {request[field]}, which is greater than max allowed: {self.max_logprobs}"
+                )
+                return self._send(400, {"error": {"message": message, "param": field, "code": 400}})
+        ids = list(request["prompt"])
+        with torch.no_grad():
+            logits = self.member.model(torch.tensor([ids])).logits[0, :, : len(tokenizer)]
+        logprobs = torch.log_softmax(logits.double(), dim=-1)  # [L, V]; row t predicts token t + 1
+
+        def entries(row: torch.Tensor, k: int, extra: list[int]) -> dict[str, float]:
+            chosen = row.topk(k).indices.tolist() + extra
+            return {f"token_id:{t}": float(row[t]) for t in chosen}
+
+        last, sampled = logprobs[-1], int(logprobs[-1].argmax())
+        named = request.get("logprob_token_ids")
+        if named:
+            type(self).named_requests += 1
+            top = entries(last, 0, [*named, sampled])
+        else:
+            top = entries(last, request["logprobs"], [sampled])
+        choice: dict[str, Any] = {"text": "", "logprobs": {"top_logprobs": [top]}, "prompt_logprobs": None}
+        if request.get("prompt_logprobs"):
+            k = request["prompt_logprobs"]
+            choice["prompt_logprobs"] = [None] + [
+                {key.split(":")[1]: {"logprob": v} for key, v in entries(logprobs[t], k, [ids[t + 1]]).items()}
+                for t in range(len(ids) - 1)
+            ]
+        self._send(200, {"choices": [choice]})
+
+
+@pytest.fixture
+def vllm_like():
+    """A stand-in vLLM server of the tiny byte-level model; yields its handler class and URL."""
+    handler = type("Handler", (_VllmLike,), {"member": tiny.bytelevel_member()})
+    server = _QuietServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def _served(url: str, top_k: int = 20, name: str = "served") -> RemoteMember:
+    spec = MemberSpec("", backend="openai", url=url, tokenizer="tiny", name=name, top_k=top_k)
+    return RemoteMember.connect(spec, tiny.bytelevel_tokenizer())
+
+
+TEXTS = ["The function returns the value of the", "import os\nimport sys\n\ndef main(", "A class is a"]
+
+
+def test_a_vllm_member_scores_prompt_tokens_outside_its_top_k_with_the_servers_own_numbers(vllm_like) -> None:
+    handler, url = vllm_like
+    local, served = handler.member, _served(url, top_k=5)
+    outside = 0
+    for text in TEXTS:
+        ids = local.encode(text)
+        targets = torch.tensor(ids[1:])
+        with torch.inference_mode():
+            here = local.prefill([ids]).row(0)[:-1]
+            want = nll_per_token(local, here, targets, None, local.vocab_size)
+            got = nll_per_token(served, served.prefill([ids]).row(0)[:-1], targets, None, served.vocab_size)
+            ranks = local.scores(here)[:, : local.vocab_size] > local.scores(here).gather(-1, targets[:, None])
+        outside += int((ranks.sum(-1) >= 5).sum())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert outside > 0  # tokens a top-5 cut would have dropped were scored
+    for context, continuation in [(TEXTS[0], " result of it"), (TEXTS[2], " thing")]:
+        want = PackEngine([local], progress=False).score([(context, continuation)])[0]
+        got = PackEngine([served], progress=False).score([(context, continuation)])[0]
+        assert math.isclose(got.logprob, want.logprob, rel_tol=1e-3)
+    served.close()
+
+
+def test_a_top_k_above_the_servers_max_logprobs_is_refused_at_connection(vllm_like) -> None:
+    handler, url = vllm_like
+    handler.max_logprobs = 10
+    with pytest.raises(
+        ConfigError, match=r"top_k=20 is invalid: expected at most 10 for member 'big' at .*--max-logprobs"
+    ) as caught:
+        _served(url, top_k=20, name="big")
+    assert caught.value.parameter == "top_k" and caught.value.value == 20
+    member = _served(url, top_k=10)
+    assert member.k == 10 and member.names_tokens and member.context_window == 256
+    member.close()
+
+
+@pytest.mark.parametrize("stated", ["4096", 0, True, -5])
+def test_a_context_length_the_server_states_badly_is_a_load_error(vllm_like, stated) -> None:
+    handler, url = vllm_like
+    handler.max_model_len = stated
+    with pytest.raises(ModelLoadError, match=rf"member 'served' at {url}: the server states max_model_len="):
+        _served(url)
+
+
+def test_named_tokens_come_back_with_the_servers_log_probabilities(vllm_like) -> None:
+    handler, url = vllm_like
+    local, served = handler.member, _served(url, top_k=3)
+    ids = local.encode(TEXTS[1])
+    with torch.inference_mode():
+        done = served.prefill([ids, ids[:-2]])
+        scores = served.scores(done.last)
+        named = {0: [5, 6, int(scores.ids[0, 0])], 1: list(range(10, 10 + 130))}  # 130 ids: two requests
+        wider = served.named_scores(done.cache, scores, named)
+        for b, row in enumerate([ids, ids[:-2]]):
+            exact = torch.log_softmax(local.scores(local.prefill([row]).last)[0, : local.vocab_size].double(), -1)
+            for t in named[b]:
+                at = wider.ids[b].tolist().index(t)
+                assert math.isclose(float(wider.logprobs[b, at]), float(exact[t]), abs_tol=1e-5)
+            torch.testing.assert_close(
+                wider.dense(served.logits_width)[b].double().exp().sum(),
+                torch.tensor(1.0, dtype=torch.float64),
+                atol=1e-4,
+                rtol=0,
+            )
+    assert handler.named_requests == 1 + 1 + 2  # the connection probe, row 0, row 1 in two
+    served.close()
+
+
+def test_a_pack_with_a_served_member_fuses_over_every_members_candidates(vllm_like) -> None:
+    """The served member's top-10 miss some of the other member's candidates; named, they are
+    scored with the server's numbers, and the pack decodes as the same pack in process. Without
+    naming them (the fusion over each member's own top-k), it does not."""
+    handler, url = vllm_like
+    other = tiny.bytelevel_member_b()
+    want = PackEngine([handler.member, other], progress=False, max_new_tokens=12).generate_batch(TEXTS)
+    assert all(w.text for w in want)
+    texts = {}
+    for names in (True, False):
+        served = _served(url, top_k=10)
+        assert served.names_tokens
+        served.names_tokens = names
+        got = PackEngine([served, other], progress=False, max_new_tokens=12).generate_batch(TEXTS)
+        texts[names] = [g.text for g in got]
+        for g, w in zip(got, want, strict=True):
+            for served_value, value in zip(g.prompt_perplexity.values(), w.prompt_perplexity.values(), strict=True):
+                assert served_value is not None and value is not None
+                assert math.isclose(served_value, value, rel_tol=1e-3)
+        served.close()
+    assert texts[True] == [w.text for w in want]
+    assert texts[False] != texts[True]  # measured: 2 of the 3 texts part at a candidate the top-10 missed
+
+
+def test_a_prompt_token_missing_from_prompt_logprobs_is_a_backend_error(vllm_like) -> None:
+    """Where a server leaves out a prompt token's own entry, no floor stands in for it."""
+    _, url = vllm_like
+    served = _served(url)
+    answer = {"logprobs": {"top_logprobs": [{"token_id:3": -0.5}]}, "prompt_logprobs": [None, {"4": {"logprob": -1.0}}]}
+    with pytest.raises(BackendError, match=rf"member 'served' at {url}: .*no log-probability for the prompt token 2"):
+        served._prompt_sets_of({"choices": [answer]}, [1, 2])
+    served.close()

@@ -23,7 +23,6 @@ What a new backend implements:
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +60,14 @@ class SparseScores:
     """Next-token scores as a top-k set: ``ids`` [N, k] and their ``logprobs`` [N, k].
 
     Tokens outside the set get :meth:`floor`: the probability the set leaves over, spread
-    evenly over the ``width - k`` missing tokens, and never above the set's lowest entry.
+    evenly over the ``width - k`` missing tokens, so the dense distribution sums to one. A set
+    may hold more than a top-k (a scored token's own entry, tokens a caller named), so the
+    floor may lie above its lowest entry. A set may repeat an id with the same log-probability
+    (padding); what the repeats hold counts once.
+
+    >>> s = SparseScores(torch.tensor([[2, 0]]), torch.tensor([[-0.1, -3.0]]))
+    >>> round(float(s.dense(4).exp().sum()), 6)
+    1.0
     """
 
     ids: torch.Tensor  # [N, k] long
@@ -79,9 +85,13 @@ class SparseScores:
     def floor(self, width: int) -> torch.Tensor:
         """The log-probability [N, 1] of each row's tokens outside its set."""
         lp = self.logprobs.double()
-        missing = max(1, width - self.ids.shape[-1])
-        rest = (1 - lp.exp().sum(-1, keepdim=True)).clamp(min=1e-30)
-        return torch.minimum(rest.log() - math.log(missing), lp.min(-1, keepdim=True).values).float()
+        ids, order = self.ids.sort(dim=-1)
+        first = torch.ones_like(ids, dtype=torch.bool)
+        first[..., 1:] = ids[..., 1:] != ids[..., :-1]  # each id counted once
+        held = lp.gather(-1, order).exp().where(first, torch.zeros((), dtype=lp.dtype))
+        missing = (width - first.sum(-1, keepdim=True)).clamp(min=1)
+        rest = (1 - held.sum(-1, keepdim=True)).clamp(min=1e-30)
+        return (rest.log() - missing.double().log()).float()
 
     def dense(self, width: int) -> torch.Tensor:
         """Log-probabilities [N, width]: the set's own, :meth:`floor` elsewhere."""
@@ -136,6 +146,10 @@ class MemberBackend(ABC):
     concurrent: bool = False
     """Whether the member's steps wait on something other than this process's CPU (a server,
     a GPU): the session then steps it in a thread, alongside the others."""
+    names_tokens: bool = False
+    """Whether :meth:`named_scores` asks for more than the member already gave (a server that
+    returns the log-probabilities of tokens the caller names); a sparse member with it is
+    asked, after each step, for the candidates the other members propose."""
 
     # ---- facts -------------------------------------------------------------------------
 
@@ -242,6 +256,15 @@ class MemberBackend(ABC):
     @abstractmethod
     def extend(self, cache: Any, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """Feed ``feeds[b]`` (one or more ids) to row b; the states [n_b, S] of the fed ids."""
+
+    def named_scores(self, cache: Any, scores: Scores, named: Mapping[int, Sequence[int]]) -> Scores:
+        """``scores`` (the next-token scores of every row of ``cache``) with row b's set holding
+        the ids ``named[b]`` too, each at the member's own log-probability.
+
+        Dense scores already hold every id: the default returns ``scores`` as they are. A
+        backend whose :attr:`names_tokens` is true asks its server (see :mod:`.remote`).
+        """
+        return scores
 
     @abstractmethod
     def crop(self, cache: Any, row: int, length: int) -> None:

@@ -5,14 +5,14 @@ asks the server for the top-k log-probabilities of the next token (``/v1/complet
 ``logprobs=k`` and ``max_tokens=1``). The member's tokenizer is loaded here (the same
 vocabulary as the served model, checked at connection), so the engine aligns ids as for
 any member; its scores are :class:`~.base.SparseScores`, densified with the floor
-documented there (the mass the set leaves, spread over the missing tokens).
+documented there (the mass the set leaves, spread over the missing tokens, so the
+distribution sums to one). Each packed set has ``top_k + 1`` slots: the top k, and room for
+the prompt token's own entry.
 
 Two dialects, detected from ``/v1/models``:
 
-- **vLLM** (``owned_by == "vllm"``): prompts go as token ids, so the server reads exactly
-  the ids the engine chose; a prefill is one request per row with ``prompt_logprobs=k``
-  (the prompt's per-position top-k, plus the prompt token itself), and top-k sets come
-  back keyed by id (``return_tokens_as_token_ids``).
+- **vLLM** (``owned_by == "vllm"``): token-id prompts, exact prompt scores, named tokens and
+  the server's limits checked at connection (:mod:`.vllm`).
 - **generic** (llama.cpp's servers, others): prompts go as text (llama-cpp-python's server
   refuses id prompts), the server re-tokenizes it; returned token strings are mapped back
   to ids through the local tokenizer (an empty string, which is how llama-cpp-python shows
@@ -25,7 +25,7 @@ Two dialects, detected from ``/v1/models``:
   prompts). A prompt token outside a position's top-k set is scored at the floor, so a
   remote member's prompt perplexity is higher than the same model's in process (by how
   much: ``benchmarks/results/backends.md``); vLLM's ``prompt_logprobs`` include the prompt
-  token itself and have no such cost.
+  token itself and have no such cost (``benchmarks/results/vllm.md``).
 
 Requests for several rows go out concurrently through one connection pool per server;
 the session steps remote members in threads, so one step costs about the slowest
@@ -48,13 +48,15 @@ import torch
 
 from ..errors import BackendError, ModelLoadError
 from .base import MemberBackend, Prefill, SparseScores
+from .vllm import VllmDialect
+from .vllm import reason as _reason
 
 __all__ = ["RemoteMember"]
 
 _MAX_WORKERS = 8
 
 
-class RemoteMember(MemberBackend):
+class RemoteMember(VllmDialect, MemberBackend):
     """A member served by an OpenAI-compatible server (see the module docstring).
 
     Use :meth:`connect` (what ``load_member("openai:URL,...")`` calls): it reaches the
@@ -79,6 +81,7 @@ class RemoteMember(MemberBackend):
 
         self.name, self.url, self.model, self.tokenizer = name, url.rstrip("/"), model, tokenizer
         self.k, self.timeout, self.dialect, self.context_window = top_k, timeout, dialect, context_window
+        self.width = top_k + 1  # slots of a packed set: the top k and a scored token's own entry
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=_MAX_WORKERS, max_keepalive_connections=_MAX_WORKERS)
         self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
@@ -87,6 +90,7 @@ class RemoteMember(MemberBackend):
         self.eos_token_ids = frozenset() if eos is None else frozenset({int(eos)})
         self.requests = 0
         self.server_adds_bos = False  # learnt by check_vocabulary
+        self.names_tokens = False  # learnt by check_limits
 
     # ---- connecting ------------------------------------------------------------------------
 
@@ -114,12 +118,16 @@ class RemoteMember(MemberBackend):
         else:
             raise ModelLoadError(f"{where}: the server has {len(ids)} models {ids}; name one with ',model=NAME'")
         dialect = "vllm" if chosen.get("owned_by") == "vllm" else "generic"
-        window = int(chosen.get("max_model_len") or 0) or min(int(getattr(tokenizer, "model_max_length", 0)), 8192)
+        stated = chosen.get("max_model_len")
+        if stated is not None and (isinstance(stated, bool) or not isinstance(stated, int) or stated < 2):
+            raise ModelLoadError(f"{where}: the server states max_model_len={stated!r}, not a whole number >= 2")
+        window = stated or min(int(getattr(tokenizer, "model_max_length", 0) or 0), 8192)
         name = spec.name or str(chosen["id"])
         member = cls(
             name, url, str(chosen["id"]), tokenizer, spec.top_k, spec.timeout, api_key, dialect, window or 2048
         )
         member.check_vocabulary()
+        member.check_limits()
         return member
 
     def check_vocabulary(self) -> None:
@@ -189,15 +197,16 @@ class RemoteMember(MemberBackend):
                 per_row.append(
                     torch.stack(list(self._pool.map(self._next_set, [row[: t + 1] for t in range(len(row))])))
                 )
-        states = torch.zeros(len(rows), width, 2 * self.k)
+        states = torch.zeros(len(rows), width, 2 * self.width)
         pads = [width - len(r) for r in rows]
         for b, sets in enumerate(per_row):
             states[b, pads[b] :] = sets
         return Prefill(states=states, pads=pads, cache=[list(r) for r in rows])
 
     def scores(self, states: torch.Tensor) -> SparseScores:
-        """The packed top-k sets of ``states`` [N, 2k] (ids, then log-probabilities)."""
-        return SparseScores(states[..., : self.k].long(), states[..., self.k :].float())
+        """The packed sets of ``states`` [N, 2(k + 1)] (ids, then log-probabilities)."""
+        n = states.shape[-1] // 2
+        return SparseScores(states[..., :n].long(), states[..., n:].float())
 
     def step(self, cache: list[list[int]], ids: Sequence[int]) -> SparseScores:
         for row, t in zip(cache, ids, strict=True):
@@ -226,60 +235,52 @@ class RemoteMember(MemberBackend):
         lead = 1 if self.server_adds_bos and ids and ids[0] == self.tokenizer.bos_token_id else 0
         return str(self.tokenizer.decode(list(ids[lead:]), skip_special_tokens=False))
 
-    def _next_set(self, ids: Sequence[int]) -> torch.Tensor:
-        """The packed top-k set [2k] of the token after ``ids``."""
-        body: dict[str, Any] = {"model": self.model, "max_tokens": 1, "logprobs": self.k, "temperature": 0.0}
-        if self.dialect == "vllm":
-            body.update(prompt=list(ids), return_tokens_as_token_ids=True)
-        else:  # a sampled end token would end the completion before its log-probabilities are sent
-            body.update(prompt=self._prompt_text(ids), logit_bias=self._no_special_tokens)
-        data = self._post(f"{self.url}/completions", body)
+    def _top(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The first ``top_logprobs`` set of a completion response."""
         try:
             top = data["choices"][0]["logprobs"]["top_logprobs"][0]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError(self.name, self.url, f"a malformed completion response ({_reason(exc)})") from None
+        if not isinstance(top, Mapping):
+            raise BackendError(self.name, self.url, f"a malformed completion response (top_logprobs {top!r:.80})")
+        return top
+
+    def _next_set(self, ids: Sequence[int]) -> torch.Tensor:
+        """The packed top-k set [2(k + 1)] of the token after ``ids``."""
+        if self.dialect == "vllm":
+            body = self._body({"prompt": list(ids)})
+        else:  # a sampled end token would end the completion before its log-probabilities are sent
+            body = {"model": self.model, "max_tokens": 1, "logprobs": self.k, "temperature": 0.0}
+            body.update(prompt=self._prompt_text(ids), logit_bias=self._no_special_tokens)
+        top = self._top(self._post(f"{self.url}/completions", body))
+        try:
             return self._pack(top)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise BackendError(self.name, self.url, f"a malformed completion response ({_reason(exc)})") from None
 
-    def _prompt_sets(self, ids: Sequence[int]) -> torch.Tensor:
-        """vLLM: every position's packed set [L, 2k] from one request with ``prompt_logprobs``."""
-        body = {
-            "model": self.model,
-            "prompt": list(ids),
-            "max_tokens": 1,
-            "logprobs": self.k,
-            "prompt_logprobs": self.k,
-            "temperature": 0.0,
-            "return_tokens_as_token_ids": True,
-        }
-        data = self._post(f"{self.url}/completions", body)
-        try:
-            choice = data["choices"][0]
-            prompt = choice["prompt_logprobs"]  # [None, {id: {logprob, ...}}, ...]: position t predicts token t
-            sets = [self._pack({k: v["logprob"] for k, v in entry.items()}) for entry in prompt[1:]]
-            sets.append(self._pack(choice["logprobs"]["top_logprobs"][0]))
-            return torch.stack(sets)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise BackendError(self.name, self.url, f"a malformed prompt_logprobs response ({_reason(exc)})") from None
-
-    def _pack(self, top: Mapping[str, float]) -> torch.Tensor:
-        """A server's {token: logprob} as [ids(k), logprobs(k)], padded with distinct unused ids at the floor."""
+    def _found(self, top: Mapping[str, Any]) -> dict[int, float]:
+        """A server's {token: logprob} as {id: logprob}, tokens it names that are not ours left out."""
         found: dict[int, float] = {}
         for key, value in top.items():
-            token = self._token_id(key)
+            token = self._token_id(str(key))
             if token is not None and math.isfinite(float(value)):
                 found[token] = max(float(value), found.get(token, -math.inf))
+        return found
+
+    def _pack(self, top: Mapping[str, Any], own: int | None = None) -> torch.Tensor:
+        """A server's {token: logprob} as [ids(k + 1), logprobs(k + 1)]: its k best, and ``own``
+        (a prompt token, which must be there), padded by repeating the best entry."""
+        found = self._found(top)
         best = sorted(found.items(), key=lambda item: -item[1])[: self.k]
+        if own is not None:
+            if own not in found:
+                raise ValueError(f"no log-probability for the prompt token {own}")
+            if own not in dict(best):
+                best.append((own, found[own]))
         if not best:
             raise ValueError("no known token in the top log-probabilities")
-        ids = [i for i, _ in best]
-        logprobs = torch.tensor([v for _, v in best], dtype=torch.float64)
-        if len(ids) < self.k:
-            floor = float(SparseScores(torch.tensor([ids]), logprobs[None].float()).floor(self.logits_width))
-            taken, spare = set(ids), iter(range(self.logits_width))
-            while len(ids) < self.k:
-                ids.append(next(i for i in spare if i not in taken))
-            logprobs = torch.cat([logprobs, torch.full((self.k - len(best),), floor, dtype=torch.float64)])
-        return torch.cat([torch.tensor(ids, dtype=torch.float32), logprobs.float()])
+        best += best[:1] * (self.width - len(best))
+        return torch.tensor([[float(i) for i, _ in best], [v for _, v in best]], dtype=torch.float64).flatten().float()
 
     def _token_id(self, key: str) -> int | None:
         if key.startswith("token_id:"):
@@ -318,8 +319,3 @@ class RemoteMember(MemberBackend):
         """Close the connection pool and the request threads."""
         self._client.close()
         self._pool.shutdown(wait=False)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."

@@ -8,6 +8,7 @@ alignment branch::
     start(rows)                     first next-token scores, after the prompts
     reference_scores(rows, r, V)    scores [G, V] of some rows, in reference member r's vocabulary
     feed(tokens, rows)              read the chosen tokens (one step)
+    name(union, rows)               score named candidates too (a member that ``names_tokens``)
     bad_rows(), close()             rows whose scores are unusable; stop stepping
 
 Two kinds:
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,6 +73,15 @@ class Aligner(ABC):
     def forget(self, b: int) -> None:  # noqa: B027 (most aligners keep nothing per prompt)
         """Prompt b is weighed: what was kept for its prompt states may go."""
 
+    @property
+    def names_tokens(self) -> bool:
+        """Whether :meth:`name` asks the member for more (its backend scores named tokens)."""
+        return False
+
+    def name(self, union: Mapping[int, Sequence[int]], rows: Sequence[Row]) -> None:  # noqa: B027
+        """Extend row b's next-token scores with the member's own scores of ``union[b]``
+        (reference-vocabulary ids of row b's reference member)."""
+
     def bad_rows(self) -> list[int]:
         """The rows whose next-token scores hold NaN, +inf or nothing finite."""
         return bad_rows(self.next) if self.live else []
@@ -109,6 +119,17 @@ class Lockstep(Aligner):
             vmap = self.pack.maps(row.plan.reference, self.k)
             ids.append(t if vmap is None else int(vmap.input[t]))
         self.next = self.member.step(self.cache, ids)
+
+    @property
+    def names_tokens(self) -> bool:
+        return self.member.names_tokens
+
+    def name(self, union: Mapping[int, Sequence[int]], rows: Sequence[Row]) -> None:
+        named = {}
+        for b, ids in union.items():
+            vmap = self.pack.maps(rows[b].plan.reference, self.k)
+            named[b] = list(ids) if vmap is None else [int(vmap.input[t]) for t in ids]
+        self.next = self.member.named_scores(self.cache, self.next, named)
 
     def close(self) -> None:
         super().close()
