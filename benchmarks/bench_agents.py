@@ -1,6 +1,6 @@
 """Agent loops on the bundled models: does the pack call the right tools, then answer from the results?
 
-Three tasks, each needing two tool calls (two tools, or one tool twice) and an answer that
+Ten tasks, each needing two tool calls (two tools, or one tool twice) and an answer that
 holds both results. The loop is what LangChain's and LlamaIndex's agents do: bind the tools
 (``tool_choice="auto"``), run the tool of each call, send the result back, stop at a reply
 without calls (at most 5 model turns). Greedy, llama.cpp members, ``max_tokens=64``.
@@ -30,6 +30,7 @@ from packllm_integrations.langchain import ChatPackLLM  # noqa: E402
 CITIES = {
     "paris": {"weather": "sunny, 21 C", "time": "14:05", "population": "2.1 million"},
     "rome": {"weather": "rainy, 14 C", "time": "14:05", "population": "2.8 million"},
+    "oslo": {"weather": "snowing, -3 C", "time": "14:05", "population": "0.7 million"},
 }
 
 
@@ -76,6 +77,55 @@ TASKS = [
         "How many people live in Rome, and what is the weather there?",
         {("get_population", "rome"), ("get_weather", "rome")},
         ["2.8", "rain"],
+    ),
+    (
+        "two populations",
+        [get_population, get_weather],
+        "Which has more people, Rome or Oslo? Look up both populations.",
+        {("get_population", "rome"), ("get_population", "oslo")},
+        ["2.8", "0.7"],
+    ),
+    (
+        "weather in oslo and rome",
+        [get_weather, get_time],
+        "Is it colder in Oslo or in Rome right now? Check the weather in both.",
+        {("get_weather", "oslo"), ("get_weather", "rome")},
+        ["snow", "rain"],
+    ),
+    (
+        "oslo time and weather",
+        [get_time, get_weather, get_population],
+        "What time is it in Oslo, and what is the weather like there?",
+        {("get_time", "oslo"), ("get_weather", "oslo")},
+        ["14:05", "snow"],
+    ),
+    (
+        "paris population and time",
+        [get_population, get_time],
+        "How many people live in Paris, and what is the local time there?",
+        {("get_population", "paris"), ("get_time", "paris")},
+        ["2.1", "14:05"],
+    ),
+    (
+        "paris and oslo populations",
+        [get_population],
+        "Give me the populations of Paris and of Oslo.",
+        {("get_population", "paris"), ("get_population", "oslo")},
+        ["2.1", "0.7"],
+    ),
+    (
+        "rome time and population",
+        [get_time, get_population, get_weather],
+        "What is the local time in Rome, and how many people live there?",
+        {("get_time", "rome"), ("get_population", "rome")},
+        ["14:05", "2.8"],
+    ),
+    (
+        "paris weather and oslo population",
+        [get_weather, get_population],
+        "What is the weather in Paris, and what is the population of Oslo?",
+        {("get_weather", "paris"), ("get_population", "oslo")},
+        ["sunny", "0.7"],
     ),
 ]
 PACKS = {

@@ -1,13 +1,12 @@
 """Evaluation data that installed packages ship, read offline.
 
-- BIG-bench multiple-choice tasks (:func:`bigbench_task`), read from the ``bigbench==1.0.0``
-  source archive without installing it. Get the archive with::
-
-      pip download --no-deps --no-binary :all: bigbench==1.0.0 -d DIR
-
-  (pip 24 and later refuse that package's metadata after the download; pip 23 saves it.)
-  Point ``$PACKLLM_BIGBENCH`` (or the ``archive`` argument) at the ``.tar.gz``, or at the
-  folder it unpacks to. The task files carry a canary string: never train on them.
+- BIG-bench multiple-choice tasks (:func:`bigbench_task`), read from a copy of the
+  ``bigbench-1.0.0`` source archive at hand, without installing it. The registry no longer
+  serves that version, so it cannot be downloaded any more: the evaluation suite
+  (:mod:`packllm_integrations.eval.suite`, ``packllm eval suite``) uses data that installs
+  offline instead. Point ``$PACKLLM_BIGBENCH`` (or the ``archive`` argument) at the
+  ``.tar.gz``, or at the folder it unpacks to. The task files carry a canary string: never
+  train on them.
 - English news prose (:func:`lee_task`): the 300 articles of gensim's
   ``test/test_data/lee_background.cor`` (``pip install --no-deps gensim==4.4.0``; gensim is
   found on disk, never imported).
@@ -53,10 +52,9 @@ BIGBENCH_ENV = "PACKLLM_BIGBENCH"
 """Environment variable naming the BIG-bench source archive (or the folder it unpacks to)."""
 
 _BIGBENCH_HOWTO = (
-    "download the BIG-bench source archive (no install needed) with\n"
-    "    pip download --no-deps --no-binary :all: bigbench==1.0.0 -d DIR\n"
-    f"(use pip<24: newer pip rejects the package's metadata after downloading) and set ${BIGBENCH_ENV}"
-    " to DIR/bigbench-1.0.0.tar.gz or to the folder it unpacks to"
+    f"set ${BIGBENCH_ENV} to a copy of the bigbench-1.0.0 source archive (.tar.gz) or the folder it unpacks to; "
+    "the registry no longer serves that version, so for tasks that install offline use the evaluation suite: "
+    "packllm eval suite --list"
 )
 
 DEFAULT_CODE_MODULES = ("textwrap", "shlex", "graphlib", "sched", "queue", "heapq")

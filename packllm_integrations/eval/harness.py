@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..engine import PackEngine
@@ -68,12 +68,7 @@ def evaluate(
         raise ConfigError("batch_size", batch_size, "an integer >= 1")
     if weights_on not in ("context", "full"):
         raise ConfigError("weights_on", weights_on, "'context' or 'full'")
-    tasks = list(tasks)
-    if not tasks:
-        raise ConfigError("tasks", [], "at least one task")
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ConfigError("tasks", names, "tasks with distinct names")
+    tasks = checked_tasks(tasks)
     methods = list(methods) if methods is not None else standard_methods(engine)
     if not methods:
         raise ConfigError("methods", [], "at least one method")
@@ -186,3 +181,14 @@ def _task_result(
         seconds=round(seconds, 1),
         settings=settings,
     )
+
+
+def checked_tasks(tasks: Iterable[Any]) -> list[Any]:
+    """``tasks`` as a list: at least one, with distinct names (else a :class:`ConfigError`)."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ConfigError("tasks", [], "at least one task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError("tasks", names, "tasks with distinct names")
+    return tasks

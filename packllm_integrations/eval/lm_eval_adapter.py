@@ -73,7 +73,8 @@ class PackLM(LM):
         weights_on: ``"context"`` or ``"full"`` (see :meth:`PackEngine.score`).
         batch_size: pairs or prompts per engine call (``"auto"`` means 8).
         window_chars, context_chars: windows of ``loglikelihood_rolling``.
-        max_gen_toks: default most new tokens of ``generate_until``.
+        max_gen_toks: default most new tokens of ``generate_until`` (default: the engine's
+            ``max_new_tokens``).
         progress: show progress bars.
         **kwargs: lm-eval's ``max_batch_size`` and ``device`` are accepted (the members'
             devices come from their specs); any other argument raises.
@@ -95,7 +96,7 @@ class PackLM(LM):
         batch_size: int | str | None = None,
         window_chars: int = 1200,
         context_chars: int = 600,
-        max_gen_toks: int = 256,
+        max_gen_toks: int | None = None,
         progress: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -127,7 +128,7 @@ class PackLM(LM):
         self.batch_size = _batch_size(batch_size)
         self.window_chars = window_chars
         self.context_chars = context_chars
-        self.max_gen_toks = max_gen_toks
+        self.max_gen_toks = self.config.max_new_tokens if max_gen_toks is None else max_gen_toks
         self.progress = progress
         self.weights_seen: list[dict[str, float]] = []
         """The fusion weights of every scored pair and generated prompt, in request order."""

@@ -26,6 +26,10 @@ class TaskResult:
     (multiple choice) or bits per byte (text windows). ``weights`` holds, per pack method,
     the fusion weights of each item (of its first pair); ``references`` the reference member
     of each item and ``perplexity`` each member's prompt perplexity per item (from the pack).
+    Runs of the suite (:mod:`packllm_integrations.eval.suite`) also fill ``method_seconds``
+    (each method's wall time on the task), ``item_weights`` (each item's weight in the
+    metric: a window's bytes for bits per byte) and, for generation tasks, ``outputs`` and
+    ``details`` (what each method generated and how each item was graded).
     """
 
     task: str
@@ -43,6 +47,10 @@ class TaskResult:
     scored_bytes: int | None = None
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    method_seconds: dict[str, float] = field(default_factory=dict)
+    item_weights: list[float] = field(default_factory=list)
+    outputs: dict[str, list[str]] = field(default_factory=dict)
+    details: dict[str, list[str]] = field(default_factory=dict)
 
     def best(self) -> str:
         """The method with the best score (ties: the first in column order)."""

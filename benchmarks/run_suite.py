@@ -1,0 +1,167 @@
+"""Run the whole evaluation suite for one pack; outputs under ``benchmarks/results/suite-<pack>/``.
+
+Every task of the suite (``packllm eval suite --list``) plus the two hooked in here:
+``extraction`` (the 50 schema/prompt pairs of ``bench_constraints.py``, constrained to
+their JSON Schema, scored by the share of correct fields) and ``agents`` (the 10 tool-calling
+tasks of ``bench_agents.py``: right calls and an answer that holds both facts). Each member
+alone and each pack method run every task; the report compares each with the best member
+alone (paired bootstrap interval, McNemar's exact test) and times each run.
+
+    python benchmarks/run_suite.py --pack default                 # the whole suite (hours)
+    python benchmarks/run_suite.py --pack coder --limit 3         # a smoke run: 3 items per task
+    python benchmarks/run_suite.py --pack three-tokenizer --method sim --method opt --method 'mined:sim,alignment=mined'
+
+Packs: ``default`` (the default pack), ``coder`` (Qwen2.5-Coder 1.5B + 0.5B: one tokenizer,
+unequal members), ``three-tokenizer`` (Qwen2.5-Coder 1.5B + Gemma-3 270M + SmolLM2 135M).
+Members run on llama.cpp by default (``--backend transformers`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from packllm_integrations import DEFAULT_PACK, Constraint, GenerationConfig, PackEngine  # noqa: E402
+from packllm_integrations.eval.generation import GenerationTask, Outcome  # noqa: E402
+from packllm_integrations.eval.suite import DEFAULT_TASKS, build_tasks, parse_methods, register_task, run_suite  # noqa: E402
+from packllm_integrations.eval.suite_report import render_suite, write_suite  # noqa: E402
+
+PACKS = {
+    "default": list(DEFAULT_PACK),
+    "coder": ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"],
+    "three-tokenizer": ["qwen2.5-coder-1.5b", "gemma3-270m", "smollm2-135m"],
+}
+EXTRAS = ("extraction", "agents")
+
+
+@dataclass(frozen=True)
+class ExtractionTask:
+    """The 50 extraction pairs, each constrained to its JSON Schema; an item's value is its share of correct fields."""
+
+    pairs: tuple = ()
+    max_new_tokens: int = 48
+    name: str = "extraction"
+    kind: str = field(default="generation", init=False)
+    metric: str = field(default="correct_fields", init=False)
+    higher_is_better: bool = field(default=True, init=False)
+    binary: bool = field(default=False, init=False)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def run(self, engine: PackEngine, config: GenerationConfig, *, batch_size: int, progress: bool) -> Outcome:
+        from bench_constraints import correct_fields, parses
+
+        values, outputs, details = [], [], []
+        for schema, text, expected in self.pairs:
+            result = engine.generate(
+                text,
+                config,
+                max_new_tokens=self.max_new_tokens,
+                temperature=0.0,
+                constraint=Constraint.json_schema(schema),
+            )
+            right, total = correct_fields(parses(result.text, schema), expected)
+            values.append(right / total)
+            outputs.append(result.text)
+            details.append(f"{right}/{total} fields")
+        return Outcome(values, outputs, details)
+
+
+def _extraction(limit: int | None, seed: int) -> ExtractionTask:
+    from bench_constraints import TASKS, prompt
+
+    from packllm_integrations.eval.data import sample_items
+
+    pairs = [
+        (schema, prompt(instr, schema, text), expected) for schema, instr, items in TASKS for text, expected in items
+    ]
+    return ExtractionTask(tuple(sample_items(pairs, limit, seed)))
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """The tool-calling tasks of ``bench_agents.py`` through LangChain's chat model; 1 when the calls are right
+    and the answer holds both facts."""
+
+    tasks: tuple = ()
+    name: str = "agents"
+    kind: str = field(default="generation", init=False)
+    metric: str = field(default="tasks_done", init=False)
+    higher_is_better: bool = field(default=True, init=False)
+    binary: bool = field(default=True, init=False)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def run(self, engine: PackEngine, config: GenerationConfig, *, batch_size: int, progress: bool) -> Outcome:
+        from bench_agents import run
+
+        from packllm_integrations.langchain import ChatPackLLM
+
+        pack = PackEngine(engine.members, config, progress=False)
+        chat = ChatPackLLM(engine=pack, max_tokens=64, temperature=0)
+        values, outputs, details = [], [], []
+        for _name, tools, question, wanted, facts in self.tasks:
+            calls, text, turns = run(chat, tools, question, False)
+            done = calls == wanted and bool(text) and all(f in text.lower() for f in facts)
+            values.append(1.0 if done else 0.0)
+            outputs.append(text)
+            details.append(f"calls {sorted(calls)}, {turns} turns")
+        return Outcome(values, outputs, details)
+
+
+def _agents(limit: int | None, seed: int) -> AgentTask:
+    from bench_agents import TASKS
+
+    from packllm_integrations.eval.data import sample_items
+
+    return AgentTask(tuple(sample_items(TASKS, limit, seed)))
+
+
+register_task("extraction", _extraction, "50 JSON extraction pairs under their schema: share of correct fields")
+register_task("agents", _agents, "10 tool-calling agent tasks (LangChain loop): right calls and answer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pack", choices=PACKS, default="default")
+    parser.add_argument("--backend", default="llama.cpp", help="members' backend (default llama.cpp)")
+    parser.add_argument("--tasks", default=",".join((*DEFAULT_TASKS, *EXTRAS)), help="comma-separated task names")
+    parser.add_argument("--method", action="append", metavar="SPEC", help="a pack method (default: pack, sim, opt)")
+    parser.add_argument("--limit", type=int, help="at most N items per task (a smoke run)")
+    parser.add_argument("--max-new-tokens", type=int, help="cap generation tasks' new tokens (a smoke run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, help="output folder (default: benchmarks/results/suite-<pack>)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    tasks = build_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], limit=args.limit, seed=args.seed)
+    if args.max_new_tokens:
+        tasks = [
+            replace(t, max_new_tokens=args.max_new_tokens) if isinstance(t, (GenerationTask, ExtractionTask)) else t
+            for t in tasks
+        ]
+    specs = [f"{name},backend={args.backend}" for name in PACKS[args.pack]]
+    start = time.perf_counter()
+    engine = PackEngine.from_models(specs, progress=not args.quiet)
+    loaded = time.perf_counter() - start
+    methods = parse_methods(engine, args.method or ["pack", "sim", "opt"])
+    report = run_suite(engine, tasks, methods, progress=not args.quiet)
+    report.settings.update({"pack": args.pack, "backend": args.backend, "load_seconds": round(loaded, 1)})
+    report.settings["command"] = " ".join(["python", "benchmarks/run_suite.py", *sys.argv[1:]])
+    out = args.out or HERE / "results" / f"suite-{args.pack}"
+    for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed):
+        print(f"wrote {path}", file=sys.stderr)
+    print(render_suite(report, resamples=args.resamples, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
