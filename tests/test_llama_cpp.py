@@ -26,6 +26,7 @@ from packllm_integrations import (
 pytest.importorskip("llama_cpp")
 
 from packllm_integrations.backends.llama_cpp import LlamaCppMember  # noqa: E402
+from packllm_integrations.loading import specs  # noqa: E402
 
 TOL = 2e-3  # float32 in both; llama.cpp sums in another order
 ROWS = ["def add(a, b):\n    return a + b", "The value of the", "import os\nimport sys\n\ndef main(x, y, z):"]
@@ -45,19 +46,32 @@ def _logits(member, ids: list[int]) -> torch.Tensor:
     return member.scores(member.prefill([ids]).row(0)).float()
 
 
-def test_auto_is_transformers_unless_the_environment_says_llama_cpp(cpp, tiny_gguf, tiny_folder, monkeypatch):
+def test_auto_is_llama_cpp_for_gguf_files_on_the_cpu(cpp, tiny_gguf, tiny_folder, monkeypatch):
     assert isinstance(cpp, LlamaCppMember) and cpp.name == "tiny-llama"
     assert cpp.parameter_bytes > 0 and cpp.identity["dtype"] == "gguf"
     monkeypatch.delenv("PACKLLM_BACKEND", raising=False)
-    assert MemberSpec(str(tiny_gguf)).resolved_backend() == "transformers"
-    monkeypatch.setenv("PACKLLM_BACKEND", "llama.cpp")
     assert MemberSpec(str(tiny_gguf), threads=1).resolved_backend() == "llama.cpp"
     assert isinstance(load_member(str(tiny_gguf), progress=False), LlamaCppMember)
     assert MemberSpec(str(tiny_gguf), dtype="bfloat16").resolved_backend() == "transformers"
     assert MemberSpec(str(tiny_folder)).resolved_backend() == "transformers"  # not a GGUF
+    monkeypatch.setenv("PACKLLM_BACKEND", "transformers")
+    assert MemberSpec(str(tiny_gguf)).resolved_backend() == "transformers"
+    assert isinstance(load_member(str(tiny_gguf), progress=False), Member)
     monkeypatch.setenv("PACKLLM_BACKEND", "onnx")
     with pytest.raises(ConfigError, match="PACKLLM_BACKEND"):
         MemberSpec(str(tiny_gguf)).resolved_backend()
+
+
+def test_auto_falls_back_to_transformers_without_llama_cpp(tiny_gguf, monkeypatch, caplog):
+    """Without llama-cpp-python, a GGUF file still loads (dequantized) and a warning says why."""
+    monkeypatch.delenv("PACKLLM_BACKEND", raising=False)
+    monkeypatch.setattr(specs, "llama_cpp_installed", lambda: False)
+    specs._warn_no_llama_cpp.cache_clear()
+    with caplog.at_level("WARNING", logger=specs.__name__):
+        assert MemberSpec(str(tiny_gguf)).resolved_backend() == "transformers"
+        assert MemberSpec(str(tiny_gguf)).resolved_backend() == "transformers"
+    said = [r.getMessage() for r in caplog.records if "llama-cpp-python" in r.getMessage()]
+    assert len(said) == 1 and "packllm-integrations[llama-cpp]" in said[0]
 
 
 def test_prefill_agrees_with_transformers_on_the_same_file(cpp, hf) -> None:

@@ -6,22 +6,46 @@ generation and by scoring alike; :func:`reference_scores` puts one member's scor
 reference vocabulary (through its vocabulary map, or natural alignment's projection).
 Shapes: T positions (or G prompts), K members, W a member's logits width, V the reference
 vocabulary.
+
+:func:`fuse_by` is the seam where a fusion rule is chosen (``GenerationConfig.fusion``):
+
+- ``"logits"`` (PackLLM): the weighted sum of the members' logits (:func:`fuse`);
+- ``"union"`` (top-k union, after UniTE): the weighted mixture of the members'
+  probabilities, with only the union of each member's ``union_k`` best tokens allowed;
+- ``"gated"``: the leading member's own distribution where it is confident (its best
+  token's probability at least ``gate``) or where every member's best token is the same,
+  the weighted sum of logits elsewhere;
+- ``"contrastive"``: the pack without its weakest member (the expert) against that member
+  (the amateur): ``(1 + contrast) * log p_expert - contrast * log p_amateur``, among the
+  tokens whose expert probability is at least a tenth of the expert's best.
+
+A rule returns :class:`Fused`: scores over the whole vocabulary, and which tokens it allows
+(``support``; None: all). Generation picks among the allowed tokens (those a grammar also
+allows, else every token the grammar allows); scoring normalises over the allowed tokens
+and the scored one, so no scored token gets probability 0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..alignment.mined import VocabMap
 from ..alignment.projection import NaturalStates
 from ..backends.base import MemberBackend, Scores, dense
+from ..config import GenerationConfig
 from ..errors import PackLLMError
 
-__all__ = ["fuse", "reference_scores", "in_reference", "nll_per_token"]
+__all__ = ["Fused", "FusionRule", "fuse", "fuse_by", "reference_scores", "in_reference", "nll_per_token"]
 
 _CHUNK = 64  # prompt positions per chunk when turning states into logits
+_FLOOR = -1e4
+PLAUSIBLE = 0.1
+"""Contrastive fusion keeps the tokens whose expert probability is at least this share of the
+expert's best token's (the plausibility constraint of contrastive decoding)."""
 
 
 def in_reference(member: MemberBackend, scores: Scores, vmap: VocabMap | None, vocab: int) -> torch.Tensor:
@@ -77,3 +101,148 @@ def nll_per_token(
         picked = logits.gather(-1, targets[start : start + _CHUNK, None].to(logits.device)).squeeze(-1)
         out.append((torch.logsumexp(logits, dim=-1) - picked).double().cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class FusionRule:
+    """How the members' reference scores become one distribution (see the module).
+
+    >>> FusionRule("union", union_k=5).name
+    'union'
+    """
+
+    name: str = "logits"
+    union_k: int = 10
+    gate: float = 0.5
+    contrast: float = 0.5
+
+    @classmethod
+    def of(cls, config: GenerationConfig) -> FusionRule:
+        """The rule a config names, with its settings."""
+        return cls(config.fusion, config.union_k, config.gate, config.contrast)
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Fused scores [G, V] (log-space: their softmax is the fused distribution) and the tokens
+    the rule allows [G, V] (None: every token)."""
+
+    logits: torch.Tensor
+    support: torch.Tensor | None = None
+
+    def allowed(self) -> torch.Tensor:
+        """The scores with the tokens outside the support at ``-inf``."""
+        if self.support is None:
+            return self.logits
+        return self.logits.masked_fill(~self.support, float("-inf"))
+
+    def restrict(self, masked: torch.Tensor) -> torch.Tensor:
+        """``masked`` (these scores under a grammar's mask) cut to the support, per row; a row
+        where the grammar allows no supported token keeps every token the grammar allows."""
+        if self.support is None:
+            return masked
+        cut = masked.masked_fill(~self.support.to(masked.device), float("-inf"))
+        empty = ~torch.isfinite(cut).any(dim=-1, keepdim=True)
+        return torch.where(empty, masked, cut)
+
+    def log_probs(self, targets: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities [G] of ``targets`` [G], normalised over the support and the target."""
+        scores = self.logits
+        if self.support is not None:
+            keep = self.support.clone()
+            keep.scatter_(-1, targets[:, None].to(keep.device), True)
+            scores = scores.masked_fill(~keep, float("-inf"))
+        logp = torch.log_softmax(scores, dim=-1)
+        return logp.gather(-1, targets[:, None].to(logp.device)).squeeze(-1)
+
+
+def fuse_by(rule: FusionRule, scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -> Fused:
+    """The members' reference scores ``scores[k]`` [G, V] fused under ``rule`` with ``weights``
+    [G, K]; members with no positive weight (or None scores) take no part.
+
+    >>> a, b = torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([[4.0, 0.0, 0.0]])
+    >>> fuse_by(FusionRule("union", union_k=1), [a, b], torch.tensor([[0.5, 0.5]])).support
+    tensor([[ True,  True, False]])
+    """
+    if rule.name == "logits":
+        return Fused(fuse(scores, weights))
+    if rule.name == "union":
+        return _union(scores, weights, rule.union_k)
+    if rule.name == "gated":
+        return _gated(scores, weights, rule.gate)
+    if rule.name == "contrastive":
+        return _contrastive(scores, weights, rule.contrast)
+    raise PackLLMError(f"unknown fusion rule {rule.name!r}")
+
+
+def _taking_part(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -> list[int]:
+    return [k for k, s in enumerate(scores) if s is not None and bool((weights[:, k] > 0).any())]
+
+
+def _union(scores: Sequence[torch.Tensor | None], weights: torch.Tensor, k_best: int) -> Fused:
+    """Mixture of probabilities, allowed only on the union of each member's best tokens."""
+    mix: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+    for k in _taking_part(scores, weights):
+        term = scores[k]
+        assert term is not None
+        w = weights[:, k].to(term.device)
+        logp = torch.log_softmax(term.float(), dim=-1) + torch.log(w)[:, None]
+        mix = logp if mix is None else torch.logaddexp(mix, logp)
+        best = term.topk(min(k_best, term.shape[-1]), dim=-1).indices
+        hit = torch.zeros_like(term, dtype=torch.bool).scatter_(-1, best, True) & (w > 0)[:, None]
+        support = hit if support is None else support | hit
+    if mix is None:
+        raise PackLLMError("fusion needs a member with a positive weight and scores; none has both")
+    return Fused(mix, support)
+
+
+def _gated(scores: Sequence[torch.Tensor | None], weights: torch.Tensor, gate: float) -> Fused:
+    """The leader's own scores where it is confident or every member agrees; the weighted sum elsewhere."""
+    summed = fuse(scores, weights)
+    part = _taking_part(scores, weights)
+    lead = weights.argmax(dim=-1).tolist()
+    leader = torch.stack([scores[k][g] for g, k in enumerate(lead)])  # type: ignore[index]
+    confident = torch.softmax(leader.float(), dim=-1).max(dim=-1).values >= gate
+    best = leader.argmax(dim=-1)
+    agree = torch.ones_like(confident)
+    for k in part:
+        term = scores[k]
+        assert term is not None
+        listens = weights[:, k].to(term.device) > 0
+        agree &= ~listens | (term.argmax(dim=-1) == best)
+    follow = (confident | agree)[:, None]
+    return Fused(torch.where(follow, leader.to(summed.dtype), summed))
+
+
+def _contrastive(scores: Sequence[torch.Tensor | None], weights: torch.Tensor, contrast: float) -> Fused:
+    """Expert (the pack without its weakest member) against amateur (that member), per row."""
+    part = _taking_part(scores, weights)
+    positive = weights > 0
+    if len(part) < 2 or contrast == 0:
+        return Fused(fuse(scores, weights))
+    out: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+    ranked = weights.masked_fill(~positive, math.inf)
+    amateur = ranked.argmin(dim=-1)  # the smallest positive weight (ties: the first such member)
+    two = positive.sum(dim=-1) >= 2
+    for a in set(amateur.tolist()):
+        rows = (amateur == a).nonzero().squeeze(-1)
+        w = weights[rows].clone()
+        contrasted = two[rows]
+        w[contrasted, a] = 0
+        w = w / w.sum(dim=-1, keepdim=True)
+        expert = torch.log_softmax(fuse([None if s is None else s[rows] for s in scores], w).float(), dim=-1)
+        if out is None:
+            out = torch.empty(weights.shape[0], expert.shape[-1], device=expert.device)
+            support = torch.ones(weights.shape[0], expert.shape[-1], dtype=torch.bool, device=expert.device)
+        amateur_scores = scores[a]
+        assert amateur_scores is not None
+        novice = torch.log_softmax(amateur_scores[rows].float(), dim=-1).clamp(min=_FLOOR)  # 0 probability: a floor
+        mixed = (1 + contrast) * expert - contrast * novice
+        plausible = expert >= expert.max(dim=-1, keepdim=True).values + math.log(PLAUSIBLE)
+        on = contrasted[:, None].to(expert.device)
+        out[rows] = torch.where(on, mixed.masked_fill(~torch.isfinite(mixed), float("-inf")), expert)
+        support[rows] = plausible | ~on  # type: ignore[index]
+    assert out is not None
+    return Fused(out, support)

@@ -19,7 +19,7 @@ from ..config import GenerationConfig
 from ..events import ScoreResult
 from .aligners import walk_states
 from .faults import prefill_faults, prompt_fault
-from .fusion import fuse, reference_scores
+from .fusion import FusionRule, fuse_by, reference_scores
 from .planning import PackView, Planned, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 
@@ -73,7 +73,8 @@ def score_continuations(
             found = _weigh(pack, planned, b, [configs[c] for c in chosen], states, weighed, n_w)
             weights = dict(zip(chosen, found[0], strict=True))
             perplexity = dict(zip(chosen, found[1], strict=True))
-            token_lp, greedy = _continuation(pack, r, b, vocab, states, n_ctx - 1 - lo, cont, weights)
+            rules = {c: FusionRule.of(configs[c]) for c in chosen}
+            token_lp, greedy = _continuation(pack, r, b, vocab, states, n_ctx - 1 - lo, cont, weights, rules)
             for c in chosen:
                 out[c].append(
                     ScoreResult(
@@ -149,11 +150,12 @@ def _continuation(
     at_first: int,
     cont: torch.Tensor,
     weights: dict[int, torch.Tensor],
+    rules: dict[int, FusionRule],
 ) -> tuple[dict[int, torch.Tensor], dict[int, bool]]:
     """Log-probabilities [C] of prompt b's continuation ``cont`` (reference member r) under each
-    weighting (keyed like ``weights``), and whether it is the greedy choice; ``states[k][at_first]`` predicts the
-    continuation's first token. Positions go in chunks so a long continuation never holds
-    all its logits at once."""
+    weighting and fusion rule (keyed like ``weights``), and whether it is the greedy choice;
+    ``states[k][at_first]`` predicts the continuation's first token. Positions go in chunks so
+    a long continuation never holds all its logits at once."""
     members = pack.members
     token_lp: dict[int, list[torch.Tensor]] = {c: [] for c in weights}
     greedy = dict.fromkeys(weights, True)
@@ -167,9 +169,9 @@ def _continuation(
                 mapped[k] = reference_scores(members[k], states[k][at], pack.maps(r, k), vocab)
         targets = cont[start:stop]
         for c, w in weights.items():
-            fused = fuse([mapped.get(k) for k in range(len(members))], w.float()[None].expand(stop - start, -1))
-            logp = torch.log_softmax(fused, dim=-1)
-            token_lp[c].append(logp.gather(-1, targets[:, None].to(logp.device)).squeeze(-1).double().cpu())
-            greedy[c] = greedy[c] and bool((fused.argmax(dim=-1).cpu() == targets).all())
+            scored = [mapped.get(k) for k in range(len(members))]
+            fused = fuse_by(rules[c], scored, w.float()[None].expand(stop - start, -1).contiguous())
+            token_lp[c].append(fused.log_probs(targets).double().cpu())
+            greedy[c] = greedy[c] and bool((fused.allowed().argmax(dim=-1).cpu() == targets).all())
     empty = torch.zeros(0, dtype=torch.float64)
     return {c: torch.cat(v) if v else empty for c, v in token_lp.items()}, greedy

@@ -9,7 +9,8 @@ matcher. Nothing is shared between sessions; streaming and non-streaming use thi
     repeat until every row ends:
         choose                   fuse the members' scores (masked by a constraint), pick each row's next token
         accept                   text, stop strings, end of sequence, length
-        feed                     every member reads the chosen tokens (one step)
+        feed                     every member reads the chosen tokens (one step); members that
+                                 score named tokens (a vLLM server) are asked for the others' candidates
 
 Every member is seen through its aligner (:mod:`.aligners`): its prompt states, its scores in
 a prompt's reference vocabulary, and what it reads next. The step itself knows no alignment.
@@ -22,9 +23,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -34,7 +36,7 @@ from ..events import Event, FinishEvent, TextEvent, WeightsEvent
 from ..structured.constraints import Grammars, mask
 from .aligners import Aligner, Natural, open_aligners
 from .faults import prompt_fault, without_member
-from .fusion import fuse
+from .fusion import Fused, FusionRule, fuse_by
 from .planning import PackView, Planned, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 from .rows import Row
@@ -140,7 +142,9 @@ class Session:
                 max_tokens=min(cfg.max_new_tokens, limit - len(plan.ref_ids)),
                 texts=self.texts[b],
                 read=Detokenizer(ref.tokenizer, plan.ref_ids) if reads else None,
-                matcher=None if cfg.constraint is None else self.grammars.matcher(ref, cfg.constraint),
+                matcher=None
+                if cfg.constraint is None
+                else self.grammars.matcher(ref, cfg.constraint, cfg.json_string_repeats),
             )
             for k, value in enumerate(nll):
                 if value is not None and not math.isfinite(value):
@@ -149,6 +153,7 @@ class Session:
         for k, aligner in enumerate(self.aligners):
             aligner.start(self.rows)
             self._check(k)
+        self._name_candidates()
         return [row.weights_event(self.names) for row in self.rows]
 
     def _weigh(self, planned: Planned, b: int) -> tuple[torch.Tensor, list[float | None]]:
@@ -214,8 +219,9 @@ class Session:
 
     # ---- decode -------------------------------------------------------------------------
 
-    def fused(self, rows: list[int], r: int) -> torch.Tensor:
-        """Fused logits [G, V] of the rows ``rows``, all with reference member ``r``."""
+    def fused(self, rows: list[int], r: int) -> Fused:
+        """Fused scores [G, V] of the rows ``rows``, all with reference member ``r``, under the
+        config's fusion rule."""
         vocab, device = self.members[r].vocab_size, self.members[r].device
         index = torch.tensor(rows)  # [G]
         weights = torch.stack([self.rows[b].weights for b in rows]).float()  # [G, K]
@@ -223,7 +229,7 @@ class Session:
             a.reference_scores(index, r, vocab).to(device) if a.live and bool((weights[:, k] > 0).any()) else None
             for k, a in enumerate(self.aligners)
         ]
-        return fuse(scores, weights)
+        return fuse_by(FusionRule.of(self.config), scores, weights)
 
     @torch.inference_mode()
     def choose(self) -> list[int]:
@@ -234,8 +240,14 @@ class Session:
             groups.setdefault(row.plan.reference, []).append(row.index)
         cfg = self.config
         for r, rows in groups.items():
-            fused = mask(self.fused(rows, r), [self.rows[b].matcher for b in rows], self.steps)
-            picked = sample(fused, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
+            fused = self.fused(rows, r)
+            matchers = [self.rows[b].matcher for b in rows]
+            scores = (
+                fused.allowed()
+                if all(m is None for m in matchers)
+                else fused.restrict(mask(fused.logits.clone(), matchers, self.steps))
+            )
+            picked = sample(scores, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
             for b, t in zip(rows, picked.tolist(), strict=True):
                 tokens[b] = int(t)
         return tokens
@@ -251,12 +263,41 @@ class Session:
         self.pack.checkpoint()
         calls = {k: partial(self._guarded_step, k, tokens) for k in active}
         outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent})
+        self._settle(outcomes)
+        self._name_candidates()
+
+    def _settle(self, outcomes: dict[int, BaseException | None]) -> None:
+        """Check each member's new scores, or drop / raise for the member whose call failed."""
         for k, failure in outcomes.items():
             if failure is None:
                 self._check(k)
             else:
                 self._fail(k, list(range(len(self.rows))), f"{type(failure).__name__}: {failure}", failure)
         self._retire_unheard()
+
+    def _name_candidates(self) -> None:
+        """Every member that scores named tokens (:attr:`~..backends.base.MemberBackend.names_tokens`)
+        scores the candidates the other members propose for each live row: the union of every
+        member's best ``n`` tokens in the row's reference vocabulary (``n``: the largest set
+        those members give), each member's set extended with the ones it lacked."""
+        askers = [k for k, a in enumerate(self.aligners) if a.live and a.names_tokens and self._listened(k)]
+        if not askers or len(self.members) < 2:
+            return
+        n = max(int(self.aligners[k].next.ids.shape[-1]) for k in askers)
+        union: dict[int, list[int]] = {}
+        for row in self.rows:
+            if row.finish is not None:
+                continue
+            r, one = row.plan.reference, torch.tensor([row.index])
+            found: set[int] = set()
+            for k, a in enumerate(self.aligners):
+                if a.live and float(row.weights[k]) > 0:
+                    scores = a.reference_scores(one, r, self.members[r].vocab_size)[0]
+                    found.update(scores.topk(min(n, scores.numel())).indices.tolist())
+            union[row.index] = sorted(found)
+        self.pack.checkpoint()
+        calls = {k: partial(self._guarded, self.aligners[k].name, union, self.rows) for k in askers}
+        self._settle(self._stepper.run(calls, {k for k in askers if self.members[k].concurrent}))
 
     def _retire_unheard(self) -> None:
         """Members no live prompt listens to stop stepping."""
@@ -266,9 +307,15 @@ class Session:
 
     def _guarded_step(self, k: int, tokens: list[int]) -> BaseException | None:
         """Step member k; its backend's failure is returned (the pack's own errors and OOM are raised)."""
+        return self._guarded(self.aligners[k].feed, tokens, self.rows)
+
+    @staticmethod
+    def _guarded(call: Callable[..., None], *args: Any) -> BaseException | None:
+        """``call(*args)`` for one member; its backend's failure is returned (the pack's own errors
+        and OOM are raised)."""
         try:
             with torch.inference_mode():
-                self.aligners[k].feed(tokens, self.rows)
+                call(*args)
         except (torch.OutOfMemoryError, PackLLMError) as exc:
             if not isinstance(exc, BackendError):
                 raise  # retried by the host / already says what failed

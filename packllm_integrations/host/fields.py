@@ -99,8 +99,18 @@ class PackModel(BaseModel):
         """How members with different tokenizers are scored on the prompt: 'reference' or 'own'."""
         alignment: str | None = None
         """How a member with another tokenizer reads the text: 'mined' or 'natural'."""
+        fusion: str | None = None
+        """How the weighted members' scores are fused: 'logits', 'union', 'gated' or 'contrastive'."""
+        union_k: int | None = None
+        """With fusion='union', how many of each member's best tokens join the union."""
+        gate: float | None = None
+        """With fusion='gated', the leading member's best-token probability from which it is followed alone."""
+        contrast: float | None = None
+        """With fusion='contrastive', how strongly the weakest member's preferences are subtracted."""
         on_member_error: str | None = None
         """What a member's failure does to a request: 'raise' or 'drop'."""
+        json_string_repeats: int | None = None
+        """Under a JSON constraint, end a string that repeats one span this many times (0: never)."""
         timeout: float | None = None
         """Seconds one call may take, then TimeoutError."""
         max_retries: int = 2

@@ -85,7 +85,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reference", str),
     Setting("scoring", str),
     Setting("alignment", str),
+    Setting("fusion", str),
+    Setting("union_k", int, ge=1),
+    Setting("gate", float, ge=0, le=1),
+    Setting("contrast", float, ge=0),
     Setting("on_member_error", str),
+    Setting("json_string_repeats", int, ge=0),
 )
 """Every generation setting, in the order hosts list them (``constraint`` is left out: it belongs
 to one request, not to a host's model, and reaches the engine through the engine's API)."""

@@ -8,12 +8,14 @@ server) and which backend runs it:
 - ``backend="llama.cpp"``: a GGUF file as it is, in this process (``llama-cpp-python``);
 - ``backend="openai"``: a model on an OpenAI-compatible server (vLLM, llama.cpp's server),
   fused over the top log-probabilities the server returns;
-- ``backend="auto"`` (the default): transformers, or, with the environment variable
-  ``PACKLLM_BACKEND=llama.cpp``, llama.cpp for every GGUF file and catalog model on the CPU
-  with the default dtype (the rest stays transformers). Transformers is the default by
-  measurement: llama.cpp decodes the default pack about 2.2x faster on a 2-core CPU, below
-  the 3x that would make it worth a compiled dependency by default
-  (``benchmarks/results/backends.md``).
+- ``backend="auto"`` (the default): llama.cpp for every GGUF file and catalog model on the
+  CPU with the default dtype, transformers for the rest (model folders, hub ids, GPUs, another
+  dtype). llama.cpp reads the quantized file as it is: the default pack decodes about 2x
+  faster from a fifth of the memory, with no float32 copy to build
+  (``benchmarks/results/backends.md``). Without ``llama-cpp-python`` installed (the
+  ``llama-cpp`` extra), ``auto`` falls back to transformers and says so once. The
+  environment variable ``PACKLLM_BACKEND=transformers`` makes ``auto`` mean transformers
+  everywhere (``PACKLLM_BACKEND=llama.cpp`` is the default).
 
 Strings: ``MODEL[,name=N][,device=D][,dtype=T][,backend=B][,threads=N]`` for local members,
 ``openai:URL[,model=M][,name=N][,tokenizer=PATH][,api_key_env=VAR][,top_k=K][,timeout=S]``
@@ -22,6 +24,9 @@ for a served one.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,7 +37,9 @@ from ..errors import ConfigError
 from .catalog import CATALOG
 from .registry import backend_names
 
-__all__ = ["BACKEND_VARIABLE", "MemberSpec", "parse_spec"]
+__all__ = ["BACKEND_VARIABLE", "MemberSpec", "llama_cpp_installed", "parse_spec"]
+
+logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 BACKEND_VARIABLE = "PACKLLM_BACKEND"
@@ -156,16 +163,36 @@ class MemberSpec:
         return self.model in CATALOG or Path(self.model).suffix == ".gguf"
 
     def resolved_backend(self) -> str:
-        """The backend that runs this member: ``backend``, with ``"auto"`` decided (see the module)."""
+        """The backend that runs this member: ``backend``, with ``"auto"`` decided (see the module).
+
+        >>> MemberSpec("model-folder").resolved_backend()  # not a GGUF file
+        'transformers'
+        """
         if self.backend != "auto":
             return self.backend
-        chosen = os.environ.get(BACKEND_VARIABLE, "").strip() or "transformers"
+        chosen = os.environ.get(BACKEND_VARIABLE, "").strip() or "llama.cpp"
         if chosen not in ("transformers", "llama.cpp"):
             raise ConfigError(BACKEND_VARIABLE, chosen, "'transformers' or 'llama.cpp' (what backend='auto' means)")
         on_cpu = torch.device(self.device).type == "cpu"
         if chosen == "llama.cpp" and self.is_gguf and self.dtype == "float32" and on_cpu:
-            return "llama.cpp"
+            if llama_cpp_installed():
+                return "llama.cpp"
+            _warn_no_llama_cpp()
         return "transformers"
+
+
+def llama_cpp_installed() -> bool:
+    """Whether ``llama-cpp-python`` can be imported (looked up, not imported)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+@functools.cache
+def _warn_no_llama_cpp() -> None:
+    logger.warning(
+        "GGUF members run on transformers (dequantized to a cached float32 copy) because llama-cpp-python "
+        "is not installed; pip install 'packllm-integrations[llama-cpp]' runs them as they are, about 2x "
+        "faster from a fifth of the memory."
+    )
 
 
 def parse_spec(text: str) -> MemberSpec:
