@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 # llama-cpp-python compiles for this CPU (-march=native); CPUs that report AMX tiles inside
 # virtual machines that do not enable them crash in AMX kernels, so those are left out.
 AMX_OFF := $(shell grep -qw amx_tile /proc/cpuinfo 2>/dev/null && echo "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
-PROMPT ?= The three most important ideas in computer science are
+PROMPT ?= def is_prime(n):
 
 .PHONY: setup demo test unit lint bench clean
 
