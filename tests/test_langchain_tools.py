@@ -19,6 +19,7 @@ from packllm_integrations.langchain import ChatPackLLM
 from packllm_integrations.langchain.messages import to_chat_messages
 from packllm_integrations.structured.tools import ToolCall
 from tests.test_adapters_common import tool_engine
+from tests.test_constraints import Cat, Dog
 
 
 @tool
@@ -300,16 +301,6 @@ OVERLAPPING = {
     "title": "Pet",
     "oneOf": [{"type": "object"}, {"type": "object", "properties": {"a": {"type": "integer"}}}],
 }
-
-
-class Cat(BaseModel):
-    kind: Literal["cat"]
-    lives: int = Field(ge=1, le=9)
-
-
-class Dog(BaseModel):
-    kind: Literal["dog"]
-    name: str = Field(max_length=5)
 
 
 class Owner(BaseModel):
