@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import string
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -78,7 +79,7 @@ def _check_positive(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
-class GenerationTask:
+class GenerationTask(ABC):
     """Greedy generation for each prompt, then :meth:`grade` (subclasses define it).
 
     Args:
@@ -108,8 +109,9 @@ class GenerationTask:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def grade(self, outputs: Sequence[str]) -> Outcome:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    @abstractmethod
+    def grade(self, outputs: Sequence[str]) -> Outcome:
+        """Each output's outcome, in prompt order."""
 
     def generate(
         self, engine: PackEngine, config: GenerationConfig, *, batch_size: int = 4, progress: bool = False
