@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -11,14 +12,20 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
+from packllm_integrations import PackEngine
 from packllm_integrations.langchain import ChatPackLLM, PackLLM
+from tests.integration.models import need
 from tests.test_adapters_common import real_engine
 
 pytestmark = pytest.mark.integration
 
 
-class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
-    """LangChain's standard integration tests for chat models, on the real pack."""
+class _StandardChatTests(ChatModelIntegrationTests):
+    """LangChain's standard integration tests for chat models, with every feature declared; the
+    subclasses say which real pack runs them."""
+
+    def engine(self) -> PackEngine:
+        raise NotImplementedError  # each subclass names its pack
 
     @property
     def chat_model_class(self) -> type[ChatPackLLM]:
@@ -32,7 +39,7 @@ class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
         test = os.environ.get("PYTEST_CURRENT_TEST", "")
         structured = any(word in test for word in ("tool", "structured", "json", "agent"))
         budget = 128 if "unicode" in test else 48 if structured else 8  # CJK text takes many tokens
-        return {"engine": real_engine("llama.cpp"), "max_tokens": budget}
+        return {"engine": self.engine(), "max_tokens": budget}
 
     @property
     def has_tool_calling(self) -> bool:
@@ -62,6 +69,13 @@ class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False  # a pack cannot swap its members per call
 
+
+class TestChatPackLLMStandardIntegration(_StandardChatTests):
+    """The standard tests on the small test pack (SmolLM2-135M + Qwen2.5-Coder-0.5B)."""
+
+    def engine(self) -> PackEngine:
+        return real_engine("llama.cpp")
+
     # What a sub-1B pack knows, not what the adapter does: the failure below is measured.
     # (The structured-output tests pass: json_string_repeats ends a string that loops.)
 
@@ -74,6 +88,27 @@ class TestChatPackLLMStandardIntegration(ChatModelIntegrationTests):
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
+
+
+@pytest.mark.skipif(
+    os.environ.get("PACKLLM_CODER_SUITE") != "1",
+    reason="the standard tests on the Qwen2.5-Coder 1.5B + 0.5B pack take about 10 min; "
+    "run them with PACKLLM_CODER_SUITE=1 (benchmarks/results/langchain_standard_coder.md)",
+)
+class TestChatPackLLMStandardCoderPack(_StandardChatTests):
+    """The standard tests, none marked xfail, on a pack that calls tools: Qwen2.5-Coder-1.5B +
+    Qwen2.5-Coder-0.5B on llama.cpp."""
+
+    def engine(self) -> PackEngine:
+        return coder_engine()
+
+
+@functools.cache
+def coder_engine() -> PackEngine:
+    need("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+    return PackEngine.from_models(
+        ["qwen2.5-coder-1.5b,backend=llama.cpp", "qwen2.5-coder-0.5b,backend=llama.cpp"], progress=False
+    )
 
 
 def test_lcel_chain_invoke_batch_and_stream():
