@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import FUSIONS, STRATEGIES, GenerationConfig
+from .config import STRATEGIES, TOKEN_FUSIONS, GenerationConfig
 from .errors import ConfigError, PackLLMError, PromptError
 from .eval.cli import SUBCOMMANDS as EVAL_SUBCOMMANDS
 from .eval.cli import route
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, metavar="STR", help="a stop string (repeatable)")
     gen.add_argument(
         "--fusion",
-        choices=FUSIONS,
+        choices=TOKEN_FUSIONS,
         help="how the weighted members' scores become one distribution: weighted sum of logits (logits), mixture "
         "over the union of each member's best tokens (union), the leading member alone where it is confident "
         f"(gated), or the pack against its weakest member (contrastive); default: {_DEFAULTS.fusion}",

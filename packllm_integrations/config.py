@@ -10,13 +10,16 @@ from typing import Any
 from .errors import ConfigError
 from .structured.constraints import Constraint
 
-__all__ = ["FUSIONS", "GenerationConfig", "STRATEGIES", "setting_doc"]
+__all__ = ["FUSIONS", "GenerationConfig", "STRATEGIES", "TOKEN_FUSIONS", "setting_doc"]
 
 STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
 """The weighting strategies (:mod:`.decoding.weighting` computes them)."""
 
-FUSIONS = ("logits", "union", "gated", "contrastive")
-"""The fusion rules (:func:`.decoding.fusion.fuse_by` applies them)."""
+FUSIONS = ("logits", "union", "gated", "contrastive", "sequence")
+"""The fusion rules (:func:`.decoding.fusion.fuse_by` applies the token-level ones; ``sequence``
+is for scoring only, :mod:`.decoding.scoring`)."""
+TOKEN_FUSIONS = FUSIONS[:-1]
+"""The fusion rules that can generate (``sequence`` fuses whole continuations' scores)."""
 
 
 def _setting(default: Any, doc: str) -> Any:
@@ -94,7 +97,9 @@ class GenerationConfig:
         "best tokens), 'gated' (the leading member alone where its best token has probability >= gate or every "
         "member's best token is the same; the weighted sum elsewhere) or 'contrastive' (the pack without its "
         "lowest-weighted member against that member: (1 + contrast) log p_expert - contrast log p_amateur, among "
-        "tokens with at least a tenth of the expert's best probability).",
+        "tokens with at least a tenth of the expert's best probability). For score() only, 'sequence': each member "
+        "scores the continuation in its own tokenization and the weights mix those log-likelihoods (no vocabulary "
+        "alignment; generation refuses it).",
     )
     union_k: int = _setting(10, "With fusion='union', how many of each member's best tokens join the union.")
     gate: float = _setting(

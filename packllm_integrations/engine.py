@@ -17,7 +17,7 @@ from typing import Any
 from .alignment.mined import VocabMap
 from .alignment.projection import Projection
 from .backends.base import MemberBackend
-from .config import GenerationConfig
+from .config import TOKEN_FUSIONS, GenerationConfig
 from .decoding.planning import PackView
 from .decoding.scoring import score_continuations
 from .decoding.session import Session
@@ -204,6 +204,9 @@ class PackEngine:
         pass (a long prompt is read in chunks), then :class:`GenerationTimeoutError`.
         """
         cfg = self.resolve(config, **overrides)
+        if cfg.fusion not in TOKEN_FUSIONS:
+            rules = ", ".join(TOKEN_FUSIONS)
+            raise ConfigError("fusion", cfg.fusion, f"a rule that generates ({rules}); '{cfg.fusion}' is for score()")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ConfigError("timeout", timeout, "a number of seconds > 0, or None")
         return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg), timeout, self._grammars)

@@ -252,6 +252,25 @@ def test_run_suite_side_by_side_with_pooled_text_and_comparisons(pack):
         assert c.cost == pytest.approx(result.method_seconds[c.method] / result.method_seconds[c.baseline])
 
 
+def test_a_scoring_only_method_runs_the_scored_tasks_and_skips_generation(pack):
+    mc = load_task_file(DATA / "eval_mc.jsonl")
+    mc = replace(mc, items=mc.items[:4])
+    short = ShortAnswerTask("capitals", ("Paris is in",), answers=(("France",),), max_new_tokens=2)
+    methods = parse_methods(pack, ["seq:fusion=sequence,scoring=own"])
+    report = run_suite(pack, [mc, short], methods, progress=False)
+    assert "seq" in report.task("eval_mc").scores and "seq" not in report.task("capitals").scores
+    # Its choices are those of the members' own option scores, weighted: each option's summed
+    # score over the members' one-member runs, normalised by the reference's tokens.
+    engine = PackEngine(pack.members, methods[-1].config, progress=False)
+    fused = engine.score(mc.pairs())
+    solos = [PackEngine([m], progress=False).score(mc.pairs()) for m in pack.members]
+    for i, r in enumerate(fused):
+        expected = sum(r.weights[m.name] * solo[i].logprob for m, solo in zip(pack.members, solos, strict=True))
+        assert r.logprob == pytest.approx(expected, rel=1e-4)
+    assert report.task("eval_mc").per_item["seq"] == mc.score(fused)[1]
+    assert [c.method for c in compare(report, resamples=100) if c.task == "capitals" and c.method == "seq"] == []
+
+
 # ---- the command line -------------------------------------------------------------------------
 
 

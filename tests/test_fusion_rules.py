@@ -2,7 +2,8 @@
 
 Each rule's defining property on hand-made scores, then every rule through the engine on the
 tiny models (two tokenizers): both alignment modes, greedy and sampled, batched and streamed,
-under a grammar, and in ``score()``.
+under a grammar, and in ``score()``; then ``sequence``, which fuses whole continuations'
+scores and only scores.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from packllm_integrations import ConfigError, Constraint, GenerationConfig, Member, PackEngine, TextEvent
-from packllm_integrations.config import FUSIONS
+from packllm_integrations.config import TOKEN_FUSIONS
 from packllm_integrations.decoding.fusion import Fused, FusionRule, fuse, fuse_by
 
 PROMPT = "The function returns the value of the"
@@ -83,7 +84,7 @@ def test_contrastive_subtracts_the_lowest_weighted_member_among_plausible_tokens
 def test_a_single_member_is_itself_under_every_rule() -> None:
     a = _scores(5)
     w = torch.ones(4, 1)
-    for name in FUSIONS:
+    for name in TOKEN_FUSIONS:
         fused = fuse_by(FusionRule(name), [a], w)
         assert torch.equal(fused.allowed().argmax(-1), a.argmax(-1)), name
 
@@ -111,7 +112,7 @@ def test_settings_are_checked() -> None:
 
 
 @pytest.mark.parametrize("alignment", ["mined", "natural"])
-@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f != "logits"])
+@pytest.mark.parametrize("fusion", [f for f in TOKEN_FUSIONS if f != "logits"])
 def test_every_rule_generates_streams_and_batches(bl: Member, sp: Member, fusion: str, alignment: str) -> None:
     engine = PackEngine([bl, sp], alignment=alignment, fusion=fusion, max_new_tokens=10)
     single = [engine.generate(p) for p in PROMPTS]
@@ -148,13 +149,14 @@ def test_union_greedy_picks_one_of_the_members_best_tokens(bl: Member, bl_b: Mem
     text = PROMPT
     for _ in range(6):
         ids = bl.encode(text)
-        best = {int(m.scores(m.prefill([ids]).row(0))[-1].argmax()) for m in (bl, bl_b)}
+        with torch.inference_mode():  # as the engine runs them (a model's cached tensors may be inference tensors)
+            best = {int(m.scores(m.prefill([ids]).row(0))[-1].argmax()) for m in (bl, bl_b)}
         piece = engine.generate(text).text
         assert piece in {bl.decode([t]) for t in best}
         text += piece
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", TOKEN_FUSIONS)
 def test_every_rule_keeps_a_grammar(bl: Member, sp: Member, fusion: str) -> None:
     engine = PackEngine([bl, sp], fusion=fusion, max_new_tokens=40)  # the grammar ends by 30 characters
     result = engine.generate(PROMPT, constraint=Constraint.regex(r"[a-z]{2,6}( [a-z]{2,6}){1,3}\."))
@@ -162,10 +164,78 @@ def test_every_rule_keeps_a_grammar(bl: Member, sp: Member, fusion: str) -> None
     assert re.fullmatch(r"[a-z]{2,6}( [a-z]{2,6}){1,3}\.", result.text)
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", TOKEN_FUSIONS)
 def test_every_rule_scores_continuations(bl: Member, sp: Member, fusion: str) -> None:
     engine = PackEngine([bl, sp])
     results = engine.score([(PROMPT, " value"), (PROMPT, " zebra crossing")], fusion=fusion)
     assert all(math.isfinite(r.logprob) and r.logprob < 0 for r in results)
     greedy = engine.generate(PROMPT, fusion=fusion, max_new_tokens=1).text
     assert engine.score([(PROMPT, greedy)], fusion=fusion)[0].is_greedy
+
+
+# ---- sequence: the members' own log-likelihoods of a whole continuation, weighted ------------------
+
+PAIRS = [(PROMPT, " value"), (PROMPT, " zebra crossing"), ("import os\nimport sys\n\ndef main(", "):\n    pass")]
+
+
+def _alone(member: Member) -> list[float]:
+    return [r.logprob for r in PackEngine([member]).score(PAIRS)]
+
+
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
+def test_sequence_with_one_hot_weights_is_each_member_alone(bl: Member, sp: Member, alignment: str) -> None:
+    engine = PackEngine([bl, sp], alignment=alignment, fusion="sequence")
+    for k, member in enumerate((bl, sp)):
+        weights = tuple(1.0 if j == k else 0.0 for j in range(2))
+        fused = engine.score(PAIRS, weighting="fixed", weights=weights)
+        assert [r.logprob for r in fused] == pytest.approx(_alone(member), rel=1e-4, abs=1e-4)
+        assert all(r.token_logprobs == [] for r in fused)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "sim"])
+def test_sequence_is_the_weighted_sum_of_the_members_own_log_likelihoods(
+    bl: Member, sp: Member, weighting: str
+) -> None:
+    engine = PackEngine([bl, sp], weighting=weighting, scoring="own")
+    fused = engine.score(PAIRS, fusion="sequence")
+    tokens = engine.score(PAIRS)  # the same prompt weighting, fused token by token
+    alone = list(zip(_alone(bl), _alone(sp), strict=True))
+    for r, t, (a, b) in zip(fused, tokens, alone, strict=True):
+        assert r.weights == pytest.approx(t.weights)
+        w = [r.weights[bl.name], r.weights[sp.name]]
+        assert r.logprob == pytest.approx(w[0] * a + w[1] * b, rel=1e-4)
+        assert r.tokens == t.tokens and r.num_bytes == t.num_bytes
+    if weighting == "uniform":  # (sim all but picks one member on these prompts)
+        assert fused[0].logprob != pytest.approx(tokens[0].logprob, rel=1e-3)  # not the token-level fusion
+
+
+def test_sequence_needs_no_alignment_with_own_scores(bl: Member, sp: Member, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``sim`` on own scores, each member reads only its own tokens: nothing is walked or translated."""
+    import packllm_integrations.decoding.planning as planning
+    import packllm_integrations.decoding.scoring as scoring
+
+    def refused(*args: object) -> None:
+        raise AssertionError("a member's states in the reference's positions were computed")
+
+    monkeypatch.setattr(scoring, "walk_states", refused)
+    monkeypatch.setattr(planning.Planned, "translated_states", refused)
+    results = PackEngine([bl, sp], scoring="own").score(PAIRS, fusion="sequence")
+    assert all(math.isfinite(r.logprob) for r in results)
+
+
+def test_sequence_is_greedy_where_every_weighted_member_is(bl: Member, sp: Member) -> None:
+    engine = PackEngine([bl, sp], fusion="sequence", weighting="fixed", weights=(0.5, 0.5))
+    for weights, member in (((1.0, 0.0), bl), ((0.0, 1.0), sp)):
+        greedy = PackEngine([member], max_new_tokens=1).generate(PROMPT).text
+        assert engine.score([(PROMPT, greedy)], weights=weights)[0].is_greedy
+    assert not engine.score([(PROMPT, " zebra crossing")])[0].is_greedy
+
+
+def test_sequence_scores_but_does_not_generate(bl: Member, sp: Member) -> None:
+    engine = PackEngine([bl, sp], fusion="sequence")
+    assert math.isfinite(engine.score(PAIRS[:1])[0].logprob)
+    for call in (lambda: engine.generate(PROMPT), lambda: list(engine.stream(PROMPT))):
+        with pytest.raises(ConfigError, match="fusion.*sequence.*score"):
+            call()
+    solo = PackEngine([bl])  # one member: its sequence score is its own score
+    assert solo.score(PAIRS, fusion="sequence")[1].logprob == pytest.approx(solo.score(PAIRS)[1].logprob)

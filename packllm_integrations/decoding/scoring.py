@@ -3,13 +3,21 @@
 One prefill per member serves every weighting asked for: the members' states over context
 plus continuation are computed once, the weights come from the context (or the whole text),
 and the continuation's tokens are scored under each weighting with the same fusion as
-generation (:func:`~.fusion.fuse`).
+generation (:func:`~.fusion.fuse_by`).
+
+``fusion="sequence"`` fuses whole continuations instead of tokens: each member scores the
+continuation in its own tokenization (from its own pass over the text, which natural
+alignment and ``scoring="own"`` make anyway) and the fused log-likelihood is the weighted sum
+of those, ``sum_k w_k log p_k(continuation | context)``: a product of experts over sequences,
+with no vocabulary alignment. Its token count is the reference member's; one-hot weights give
+that member's own score. A member's states in the reference's positions are then computed only
+if the weighting needs them (``opt``, or ``scoring="reference"`` across tokenizers).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -48,9 +56,10 @@ def score_continuations(
     members = pack.members
     own_scoring = any(c.scoring == "own" for c in configs)
     natural = any(c.alignment == "natural" for c in configs)
+    sequence = len(members) > 1 and any(c.fusion == "sequence" for c in configs)
     prompt_texts = None if weights_on == "full" else contexts
     planned = plan_prompts(
-        pack, texts, fixed_reference, prompt_texts, own_scoring=own_scoring or natural, rollback=natural
+        pack, texts, fixed_reference, prompt_texts, own_scoring=own_scoring or natural or sequence, rollback=natural
     )
     names = [m.name for m in members]
     out: list[list[ScoreResult]] = [[] for _ in configs]
@@ -66,15 +75,30 @@ def score_continuations(
         cont = torch.tensor(ids[n_ctx:], dtype=torch.long)
         text, context = texts[b][r], contexts[b][r]
         num_bytes = len(text[len(context) :].encode("utf-8")) if text.startswith(context) else len(text.encode("utf-8"))
+        own: dict[int, tuple[float, bool]] = {}  # member -> its own score of the continuation
         for alignment in dict.fromkeys(c.alignment for c in configs):
-            states = _member_states(pack, texts, planned, b, alignment, slice(lo, total))
+            span = slice(lo, total)
+            states = _LazyStates(
+                len(members), lambda k, a=alignment, b=b, s=span: _member_states(pack, texts, planned, b, a, k, s)
+            )
             chosen = [c for c, cfg in enumerate(configs) if cfg.alignment == alignment]
             weighed = slice(first - 1 - lo, n_w - 1 - lo)
             found = _weigh(pack, planned, b, [configs[c] for c in chosen], states, weighed, n_w)
             weights = dict(zip(chosen, found[0], strict=True))
             perplexity = dict(zip(chosen, found[1], strict=True))
-            rules = {c: FusionRule.of(configs[c]) for c in chosen}
-            token_lp, greedy = _continuation(pack, r, b, vocab, states, n_ctx - 1 - lo, cont, weights, rules)
+            whole = [c for c in chosen if sequence and configs[c].fusion == "sequence"]
+            # one member alone: its sequence score is its token scores' sum
+            rules = {c: _token_rule(configs[c]) for c in chosen if c not in whole}
+            token_lp, greedy = _continuation(
+                pack, r, b, vocab, states, n_ctx - 1 - lo, cont, {c: weights[c] for c in rules}, rules
+            )
+            for c in whole:
+                used = [k for k in range(len(members)) if float(weights[c][k]) > 0]
+                for k in used:
+                    if k not in own:
+                        own[k] = _own_continuation(pack, planned, contexts, b, k)
+                token_lp[c] = torch.tensor([sum(float(weights[c][k]) * own[k][0] for k in used)], dtype=torch.float64)
+                greedy[c] = all(own[k][1] for k in used)
             for c in chosen:
                 out[c].append(
                     ScoreResult(
@@ -85,26 +109,66 @@ def score_continuations(
                         weights={n: float(w) for n, w in zip(names, weights[c], strict=True)},
                         prompt_perplexity=perplexity[c],
                         reference=names[r],
-                        token_logprobs=token_lp[c].tolist(),
+                        token_logprobs=[] if c in whole else token_lp[c].tolist(),
                     )
                 )
     return out
 
 
+def _token_rule(config: GenerationConfig) -> FusionRule:
+    return FusionRule() if config.fusion == "sequence" else FusionRule.of(config)
+
+
+class _LazyStates(Sequence):
+    """Members' states computed on first use: a weighting that reads only the members' own
+    passes (``sequence`` fusion with ``sim`` on own scores) never walks or translates."""
+
+    def __init__(self, count: int, make: Callable[[int], torch.Tensor | NaturalStates]) -> None:
+        self._count, self._make = count, make
+        self._done: dict[int, torch.Tensor | NaturalStates] = {}
+
+    def __getitem__(self, k: int) -> torch.Tensor | NaturalStates:  # type: ignore[override]
+        if k not in self._done:
+            self._done[k] = self._make(k)
+        return self._done[k]
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _own_continuation(
+    pack: PackView, planned: Planned, contexts: Sequence[Sequence[str]], b: int, k: int
+) -> tuple[float, bool]:
+    """Member k's own log-likelihood of prompt b's continuation (its tokens after its own
+    tokenization of the context, from its own pass), and whether greedy decoding gives them."""
+    m = pack.members[k]
+    ids = planned.own_ids[k][b]
+    n_ctx = max(1, common_prefix(ids, m.encode(contexts[b][k])))
+    if n_ctx >= len(ids):
+        return 0.0, True
+    targets = torch.tensor(ids[n_ctx:], dtype=torch.long)
+    with prefill_faults(m.name, (b,)):
+        states = planned.own_passes[k].row(b, len(ids))[n_ctx - 1 : -1]
+        total, greedy = 0.0, True
+        for start in range(0, targets.numel(), _CHUNK):
+            logits = reference_scores(m, states[start : start + _CHUNK], None, m.vocab_size)
+            chunk = targets[start : start + _CHUNK].to(logits.device)
+            picked = logits.gather(-1, chunk[:, None]).squeeze(-1)
+            total += float((picked - torch.logsumexp(logits, dim=-1)).double().sum())
+            greedy = greedy and bool((logits.argmax(dim=-1) == chunk).all())
+    return total, greedy
+
+
 def _member_states(
-    pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, b: int, alignment: str, span: slice
-) -> list[torch.Tensor | NaturalStates]:
-    """Every member's states at the reference positions ``span`` of prompt b [T, ...]: its own
+    pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, b: int, alignment: str, k: int, span: slice
+) -> torch.Tensor | NaturalStates:
+    """Member k's states at the reference positions ``span`` of prompt b [T, ...]: its own
     tokenization walked (natural alignment, another vocabulary) or its translated pass."""
-    states: list[torch.Tensor | NaturalStates] = []
     r = planned.plans[b].reference
-    for k, m in enumerate(pack.members):
-        with prefill_faults(m.name, (b,)):
-            if alignment == "natural" and pack.maps(r, k) is not None:
-                states.append(walk_states(pack, texts, planned, k, b)[span])
-            else:
-                states.append(planned.translated_states(pack, k, b, span.start, span.stop))
-    return states
+    with prefill_faults(pack.members[k].name, (b,)):
+        if alignment == "natural" and pack.maps(r, k) is not None:
+            return walk_states(pack, texts, planned, k, b)[span]
+        return planned.translated_states(pack, k, b, span.start, span.stop)
 
 
 def _weigh(

@@ -16,6 +16,9 @@ Tasks (:data:`SUITE_TASKS`; ``packllm eval suite --list``):
 - ``prose`` and ``code``: bits per byte on news prose and on Python code, and their pooled
   mixture ``prose+code`` as its own row (computed from the same windows, no extra pass).
 
+A method whose fusion only scores (``sequence``) runs the scored tasks and is left out of
+the generation tasks (and so of the mean over tasks that include one).
+
 Other tasks join through :func:`register_task` (the suite's script adds structured
 extraction and agent loops that way). ``limit`` caps the items of every task (for a
 quick run); each task otherwise uses its own size.
@@ -37,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from ..config import GenerationConfig
+from ..config import TOKEN_FUSIONS, GenerationConfig
 from ..engine import PackEngine
 from ..errors import ConfigError
 from .comparison import Comparison, best_member, compare, compare_means, item_values
@@ -130,6 +133,9 @@ def run_suite(
             result: TaskResult | None = None
             for m in methods:
                 bar.set_postfix_str(f"{task.name} / {m.name}")
+                if _is_run_task(task) and m.config is not None and m.config.fusion not in TOKEN_FUSIONS:
+                    bar.update(1)  # a scoring-only rule ('sequence') does not generate: no result here
+                    continue
                 t0 = time.perf_counter()
                 if _is_run_task(task):
                     if m.kind == "member":
@@ -158,7 +164,8 @@ def run_suite(
                 one.method_seconds = {m.name: round(time.perf_counter() - t0, 4)}
                 result = one if result is None else _merge(result, one)
                 bar.update(1)
-            assert result is not None
+            if result is None:  # no method applies to this task
+                continue
             result.seconds = round(sum(result.method_seconds.values()), 1)
             results.append(result)
     by_name = {r.task: r for r in results}
