@@ -296,6 +296,29 @@ def test_score_many_shares_forward_and_matches_score(bl: Member, sp: Member) -> 
         assert [r.logprob for r in results] == pytest.approx([r.logprob for r in single], abs=1e-4)
 
 
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
+@pytest.mark.parametrize("weighting", ["sim", "opt"])
+def test_options_after_one_context_equal_each_option_scored_alone(
+    bl: Member, sp: Member, alignment: str, weighting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A question's options share its weights (weighed once), and each equals its own request."""
+    import packllm_integrations.decoding.scoring as scoring
+
+    engine = PackEngine([bl, sp], alignment=alignment, weighting=weighting)
+    context = "Question: which value does the function return?\nAnswer:"
+    # (options whose first token no tokenizer here merges into the context's last one)
+    pairs = [(context, " the sum"), (context, " a class"), (context, " the value"), ("def f(x):", " return x")]
+    weighed = []
+    weigh = scoring._weigh
+    monkeypatch.setattr(scoring, "_weigh", lambda *a: weighed.append(1) or weigh(*a))
+    together = engine.score(pairs)
+    assert len(weighed) == 2  # the shared context once, the other pair's once
+    for pair, result in zip(pairs, together, strict=True):
+        alone = engine.score([pair])[0]
+        assert result.weights == pytest.approx(alone.weights, abs=1e-5)
+        assert result.logprob == pytest.approx(alone.logprob, abs=1e-4)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 

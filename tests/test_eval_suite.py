@@ -14,7 +14,7 @@ import pytest
 from packllm_integrations import GenerationConfig, PackEngine
 from packllm_integrations.cli import main
 from packllm_integrations.errors import ConfigError
-from packllm_integrations.eval import execution, generation, suite, suite_tasks
+from packllm_integrations.eval import execution, generation, harness, suite, suite_tasks
 from packllm_integrations.eval.errors import DataNotFoundError
 from packllm_integrations.eval.execution import run_program
 from packllm_integrations.eval.generation import CodeTask, ShortAnswerTask
@@ -332,7 +332,7 @@ def test_every_front_end_shows_the_engine_defaults(capsys):
         assert f"'{other}' (default)" not in text and f"{other} (default)" not in text
 
 
-@pytest.mark.parametrize("module", [execution, generation, suite, suite_tasks], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [execution, generation, harness, suite, suite_tasks], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     outcome = doctest.testmod(module)
     assert outcome.attempted > 0 and outcome.failed == 0

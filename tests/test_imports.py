@@ -34,7 +34,7 @@ TRANSFORMERS_OWNERS = {
 }
 # Each backend library belongs to its own backend module.
 LIBRARY_OWNERS = {
-    "llama_cpp": "packllm_integrations.backends.llama_cpp",
+    "llama_cpp": "packllm_integrations.backends.llama_cpp_context",
     "httpx": "packllm_integrations.backends.remote",
     "llguidance": "packllm_integrations.structured.constraints",
 }

@@ -25,6 +25,7 @@ from packllm_integrations import (
 
 pytest.importorskip("llama_cpp")
 
+from packllm_integrations.alignment.vocabulary import common_prefix  # noqa: E402
 from packllm_integrations.backends.llama_cpp import LlamaCppMember  # noqa: E402
 from packllm_integrations.loading import specs  # noqa: E402
 
@@ -86,6 +87,33 @@ def test_a_batch_equals_each_row_alone(cpp) -> None:
     batch = cpp.prefill(rows)
     for b, ids in enumerate(rows):
         assert torch.allclose(batch.row(b, len(ids)), _logits(cpp, ids), atol=1e-4)
+
+
+def test_rows_that_share_a_prefix_read_it_once_and_equal_each_row_alone(cpp, monkeypatch) -> None:
+    """The options of one question: the later rows copy the first row's cells for the shared context."""
+    context = cpp.encode("Question: which of these is a prime number?\nChoices:\nA. 4\nB. 7\nC. 9\nAnswer:")
+    rows = [context + cpp.encode(option) for option in (" 4", " 7 is prime", " 9")] + [context[:5], list(context)]
+    read: list[int] = []
+    decode = type(cpp.prefill([rows[3]]).cache.context).decode
+
+    def counting(self, items, checkpoint=None):
+        read.append(len(items))
+        return decode(self, items, checkpoint)
+
+    monkeypatch.setattr(type(cpp.prefill([rows[3]]).cache.context), "decode", counting)
+    batch = cpp.prefill(rows, rollback=True)
+    shared = [common_prefix(rows[0], r) for r in rows[1:3]]  # the context, and any leading id of the options
+    assert min(shared) >= len(context)
+    assert sum(read) == len(rows[0]) + len(rows[3]) + sum(len(r) - n for r, n in zip(rows[1:3], shared, strict=True))
+    for b, ids in enumerate(rows):
+        assert torch.allclose(batch.row(b, len(ids)), _logits(cpp, ids), atol=1e-4)
+    stepped = cpp.step(batch.cache, [5, 6, 7, 8, 9])  # each row's cache holds its whole row
+    for b, (ids, t) in enumerate(zip(rows, [5, 6, 7, 8, 9], strict=True)):
+        assert torch.allclose(stepped[b], _logits(cpp, ids + [t])[-1], atol=1e-4)
+    cpp.crop(batch.cache, 1, len(context) - 2)  # a shared row rolled back into the shared part
+    again = cpp.extend(batch.cache, {1: [11, 12]})[1]
+    assert torch.allclose(again, _logits(cpp, context[:-2] + [11, 12])[-2:], atol=1e-4)
+    assert torch.allclose(cpp.step(batch.cache, [3, 3, 3, 3, 3])[0], _logits(cpp, rows[0] + [5, 3])[-1], atol=1e-4)
 
 
 def test_steps_crops_and_forks_equal_fresh_prefills(cpp) -> None:

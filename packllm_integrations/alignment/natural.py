@@ -29,20 +29,11 @@ import torch
 from ..backends.base import MemberBackend, Prefill
 from ..errors import PackLLMError, PromptTooLongError
 from .projection import NaturalStates, Projection
+from .vocabulary import common_prefix
 
 __all__ = ["BatchReader", "natural_states", "token_ends", "common_prefix", "start_ids", "check_window"]
 
 _ENCODE_CHUNK = 256  # prefixes tokenized per batched tokenizer call
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading ids ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def start_ids(member: MemberBackend) -> list[int]:

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["token_bytes", "byte_level_chars", "text_token_order", "special_ids", "vocabulary_fingerprint"]
+__all__ = [
+    "common_prefix",
+    "token_bytes",
+    "byte_level_chars",
+    "text_token_order",
+    "special_ids",
+    "vocabulary_fingerprint",
+]
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -83,3 +91,13 @@ def vocabulary_fingerprint(tokenizer: Any) -> str:
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     payload = json.dumps([tokens, sorted(special_ids(tokenizer))], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

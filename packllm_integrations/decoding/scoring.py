@@ -5,6 +5,9 @@ plus continuation are computed once, the weights come from the context (or the w
 and the continuation's tokens are scored under each weighting with the same fusion as
 generation (:func:`~.fusion.fuse_by`).
 
+Continuations after the same context (a question's options) share its weights: they are
+computed for the first and reused (``weights_on="context"``).
+
 ``fusion="sequence"`` fuses whole continuations instead of tokens: each member scores the
 continuation in its own tokenization (from its own pass over the text, which natural
 alignment and ``scoring="own"`` make anyway) and the fused log-likelihood is the weighted sum
@@ -63,6 +66,7 @@ def score_continuations(
     )
     names = [m.name for m in members]
     out: list[list[ScoreResult]] = [[] for _ in configs]
+    contexts_weighed: dict[tuple, tuple[list[torch.Tensor], list[dict[str, float | None]]]] = {}
     for b, plan in enumerate(planned.plans):
         r = plan.reference
         vocab = members[r].vocab_size
@@ -83,7 +87,12 @@ def score_continuations(
             )
             chosen = [c for c, cfg in enumerate(configs) if cfg.alignment == alignment]
             weighed = slice(first - 1 - lo, n_w - 1 - lo)
-            found = _weigh(pack, planned, b, [configs[c] for c in chosen], states, weighed, n_w)
+            # Pairs after the same context (a question's options) have the same weights: weigh it once.
+            key = (alignment, r, first, tuple(ids[:n_w]), tuple(contexts[b]), _own_key(planned, b))
+            found = contexts_weighed.get(key) if weights_on == "context" else None
+            if found is None:
+                found = _weigh(pack, planned, b, [configs[c] for c in chosen], states, weighed, n_w)
+                contexts_weighed[key] = found
             weights = dict(zip(chosen, found[0], strict=True))
             perplexity = dict(zip(chosen, found[1], strict=True))
             whole = [c for c in chosen if sequence and configs[c].fusion == "sequence"]
@@ -113,6 +122,13 @@ def score_continuations(
                     )
                 )
     return out
+
+
+def _own_key(planned: Planned, b: int) -> tuple:
+    """How many of its own tokens each member scored in prompt b's context (with the context's
+    text, what its weights depend on: a continuation that merges into the context's last
+    token changes it)."""
+    return tuple(None if s is None else s.tokens for s in planned.own_nll[b])
 
 
 def _token_rule(config: GenerationConfig) -> FusionRule:

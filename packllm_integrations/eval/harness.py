@@ -34,8 +34,25 @@ from .tasks import Task
 __all__ = ["evaluate"]
 
 
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(start, min(n, start + size)) for start in range(0, n, size)]
+def _chunks(n: int, size: int, starts: Sequence[int] = ()) -> list[range]:
+    """Batches of at most ``size`` pairs (more only for an item that has more) that keep each
+    item's pairs together (``starts``: each item's first pair), so its context is read once.
+
+    >>> _chunks(9, 4, [0, 3, 6])
+    [range(0, 3), range(3, 6), range(6, 9)]
+    >>> _chunks(5, 2)
+    [range(0, 2), range(2, 4), range(4, 5)]
+    """
+    bounds = sorted({0, *starts, n} if starts else {*range(0, n, size), n})
+    out: list[range] = []
+    begin = 0
+    for here, following in zip(bounds, bounds[1:], strict=False):
+        if following - begin > size and here > begin:
+            out.append(range(begin, here))
+            begin = here
+    if begin < n:
+        out.append(range(begin, n))
+    return out
 
 
 def evaluate(
@@ -55,7 +72,8 @@ def evaluate(
         tasks: :class:`~packllm_integrations.eval.multiple_choice.MultipleChoiceTask` and
             :class:`~packllm_integrations.eval.tasks.TextTask` objects (or any :class:`Task`).
         methods: the columns (default: :func:`standard_methods`).
-        batch_size: pairs per engine call (rows are padded to the longest).
+        batch_size: pairs per engine call (rows are padded to the longest); a batch holds whole
+            items (a question's options together, so its context is read once).
         weights_on: ``"context"`` (weights from the prompt only, the default) or ``"full"``
             (from prompt and continuation, as the authors' code scored options).
         progress: show a progress bar with an ETA (on standard error).
@@ -99,7 +117,7 @@ def evaluate(
             scored: dict[str, list[ScoreResult | None]] = {m.name: [None] * len(pairs) for m in methods}
             hidden: dict[str, list[ScoreResult | None]] = {name: [None] * len(pairs) for name in reusable}
             extra = 0
-            for chunk in _chunks(len(pairs), batch_size):
+            for chunk in _chunks(len(pairs), batch_size, task.groups()):
                 batch = [pairs[i] for i in chunk]
                 if configs:
                     outs = engine.score_many(batch, configs, weights_on=weights_on)

@@ -1,0 +1,130 @@
+"""What scoring multiple-choice options costs, with and without reading each question's context once.
+
+Usage:
+    python benchmarks/bench_scoring.py [--items 6] [--tasks medmcqa,logiqa,socialiqa] [--out FILE]
+
+The suite's multiple-choice tasks score every option as its own (context, option) pair, so a
+question's context is read once per option. Two things now read it once per question, and
+this script measures both in one run, on the default pack (llama.cpp members, 2 cores):
+
+- **shared prefixes** (llama.cpp backend): rows of a prefill that start with an earlier
+  row's ids copy that row's KV cells and logits instead of reading the ids again;
+- **weights once per context** (``PackEngine.score``): pairs after the same context reuse
+  the first pair's weights and prompt perplexities.
+
+"before" turns both off in this process (the shared-prefix threshold is set past any row,
+and no two contexts are taken as equal), "after" is the package as it is. Each method
+scores the same pairs in batches of 8 (the harness's default) under both; the script prints
+the wall time of each, the ratio, the largest difference in any option's log-likelihood
+between the two (and, for the members alone, between each and every pair scored in a request
+of its own), and whether every predicted option is the same. Methods: each member alone (a one-member
+pack), the pack's defaults (``sim``, natural alignment) and ``fusion="sequence"`` with own
+scoring. The members' forward passes alone are the members-alone rows: the last column puts
+each pack method's time over their sum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+
+from packllm_integrations import DEFAULT_PACK, PackEngine, ScoreResult  # noqa: E402
+from packllm_integrations.backends import llama_cpp_context  # noqa: E402
+from packllm_integrations.decoding import scoring  # noqa: E402
+from packllm_integrations.eval.suite import build_tasks  # noqa: E402
+
+BATCH = 8
+
+
+@contextlib.contextmanager
+def before() -> Iterator[None]:
+    """Both savings off: no row shares a prefix, and no two contexts are taken as the same."""
+    threshold, key = llama_cpp_context.SHARED_PREFIX, scoring._own_key
+    llama_cpp_context.SHARED_PREFIX = 1 << 30
+    scoring._own_key = lambda planned, b: object()  # type: ignore[assignment]  # never equal to another
+    try:
+        yield
+    finally:
+        llama_cpp_context.SHARED_PREFIX, scoring._own_key = threshold, key
+
+
+def timed(engine: PackEngine, pairs: list[tuple[str, str]], settings: dict) -> tuple[float, list[ScoreResult]]:
+    start = time.perf_counter()
+    out: list[ScoreResult] = []
+    for i in range(0, len(pairs), BATCH):
+        out += engine.score(pairs[i : i + BATCH], **settings)
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=6, help="questions per task")
+    parser.add_argument("--tasks", default="medmcqa,logiqa,socialiqa")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "scoring.md")
+    args = parser.parse_args()
+    tasks = build_tasks(args.tasks.split(","), limit=args.items, seed=0)
+    pack = PackEngine.from_models([f"{n},backend=llama.cpp" for n in DEFAULT_PACK], progress=False)
+    methods: list[tuple[str, PackEngine, dict]] = [(m.name, PackEngine([m], progress=False), {}) for m in pack.members]
+    methods += [("pack (sim, natural)", pack, {}), ("sequence (own)", pack, {"fusion": "sequence", "scoring": "own"})]
+    warm = tasks[0].pairs()[:2]
+    for _, engine, settings in methods:
+        engine.score(warm, **settings)  # tokenizer indexes, projections' maps
+    lines = [
+        "# Scoring multiple-choice options: each question's context read once",
+        "",
+        f"`python benchmarks/bench_scoring.py --items {args.items} --tasks {args.tasks}`; default pack on llama.cpp, "
+        f"{torch.get_num_threads()} threads, {platform.machine()}, Python {platform.python_version()}. Batches of "
+        f"{BATCH} pairs. before = shared prefixes and per-context weights off in the same process; after = as "
+        "shipped. Differences: the largest gap in any option's log-likelihood (nats) between the two modes, and "
+        "(members alone) between each mode and every pair scored in a request of its own. after / members: the "
+        "pack method's time over the sum of the members-alone times (their forward passes), both after.",
+        "",
+        "| task | pairs | method | before s | after s | speed-up | before - after | before - alone | after - alone "
+        "| same choices | after / members |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+    for task in tasks:
+        pairs = task.pairs()
+        members = {"before": 0.0, "after": 0.0}
+        for name, engine, settings in methods:
+            with before():
+                slow, old = timed(engine, pairs, settings)
+            fast, new = timed(engine, pairs, settings)
+            if engine is not pack:
+                members["before"] += slow
+                members["after"] += fast
+            diff = _largest(old, new)
+            same = task.score(old) == task.score(new)
+            if engine is pack:
+                apart = "| - | - "
+            else:  # each pair in a request of its own: what neither saving can change
+                alone = [engine.score([pair])[0] for pair in pairs]
+                apart = f"| {_largest(old, alone):.1e} | {_largest(new, alone):.1e} "
+            share = "" if engine is not pack else f"{fast / members['after']:.2f}x"
+            row = f"| {task.name} | {len(pairs)} | {name} | {slow:.1f} | {fast:.1f} | {slow / fast:.2f}x | {diff:.1e} "
+            row += apart + "| "
+            lines.append(row + f"{'yes' if same else 'no'} | {share} |")
+            print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _largest(a: list[ScoreResult], b: list[ScoreResult]) -> float:
+    """The largest difference between two runs' log-likelihoods of the same options."""
+    return max(abs(x.logprob - y.logprob) for x, y in zip(a, b, strict=True))
+
+
+if __name__ == "__main__":
+    main()
