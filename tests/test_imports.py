@@ -35,7 +35,7 @@ TRANSFORMERS_OWNERS = {
 # Each backend library belongs to its own backend module.
 LIBRARY_OWNERS = {
     "llama_cpp": "packllm_integrations.backends.llama_cpp_context",
-    "httpx": "packllm_integrations.backends.remote",
+    "httpx": "packllm_integrations.backends.server_client",
     "llguidance": "packllm_integrations.structured.constraints",
 }
 # The layers, lowest first: a module imports from its own layer or lower ones only. A name

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from packllm_integrations.backends.remote import RemoteMember
 from packllm_integrations.decoding.fusion import nll_per_token
 from packllm_integrations.loading import parse_spec
 from tests import tiny
+from tests.stand_in_servers import QuietServer, VllmLike, serve
 
 
 def test_remote_specs_parse_with_typed_numbers() -> None:
@@ -104,14 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(self.status, self.completion)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:  # a client that hung up early (a failed request)
-        pass
-
-
 @pytest.fixture
 def broken_server():
-    server = _QuietServer(("127.0.0.1", 0), type("Handler", (_Handler,), {}))
+    server = QuietServer(("127.0.0.1", 0), type("Handler", (_Handler,), {}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -151,79 +146,12 @@ def test_a_model_the_server_does_not_have_is_a_load_error(broken_server) -> None
         )
 
 
-class _VllmLike(BaseHTTPRequestHandler):
-    """vLLM's completions protocol over a real tiny model in this process: token-id prompts,
-    ``logprobs`` and ``prompt_logprobs`` (each position's top k plus the prompt token's own
-    entry), ``logprob_token_ids`` (the named tokens and the sampled one), ids as keys, and
-    HTTP 400 above ``max_logprobs``, as the real server answers (checked against it in
-    ``tests/integration/test_vllm_real.py``)."""
-
-    member: Any = None
-    max_logprobs = 20
-    max_model_len: Any = 256
-    named_requests = 0
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-    def _send(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._send(200, {"data": [{"id": "tiny", "owned_by": "vllm", "max_model_len": self.max_model_len}]})
-
-    def do_POST(self) -> None:  # noqa: N802
-        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        tokenizer = self.member.tokenizer
-        if self.path.endswith("tokenize"):
-            return self._send(200, {"tokens": tokenizer(request["prompt"], add_special_tokens=True)["input_ids"]})
-        for field in ("logprobs", "prompt_logprobs"):
-            if (request.get(field) or 0) > self.max_logprobs and not request.get("logprob_token_ids"):
-                message = (
-                    f"Requested {field} of {request[field]}, which is greater than max allowed: {self.max_logprobs}"
-                )
-                return self._send(400, {"error": {"message": message, "param": field, "code": 400}})
-        ids = list(request["prompt"])
-        with torch.no_grad():
-            logits = self.member.model(torch.tensor([ids])).logits[0, :, : len(tokenizer)]
-        logprobs = torch.log_softmax(logits.double(), dim=-1)  # [L, V]; row t predicts token t + 1
-
-        def entries(row: torch.Tensor, k: int, extra: list[int]) -> dict[str, float]:
-            chosen = row.topk(k).indices.tolist() + extra
-            return {f"token_id:{t}": float(row[t]) for t in chosen}
-
-        last, sampled = logprobs[-1], int(logprobs[-1].argmax())
-        named = request.get("logprob_token_ids")
-        if named:
-            type(self).named_requests += 1
-            top = entries(last, 0, [*named, sampled])
-        else:
-            top = entries(last, request["logprobs"], [sampled])
-        choice: dict[str, Any] = {"text": "", "logprobs": {"top_logprobs": [top]}, "prompt_logprobs": None}
-        if request.get("prompt_logprobs"):
-            k = request["prompt_logprobs"]
-            choice["prompt_logprobs"] = [None] + [
-                {key.split(":")[1]: {"logprob": v} for key, v in entries(logprobs[t], k, [ids[t + 1]]).items()}
-                for t in range(len(ids) - 1)
-            ]
-        self._send(200, {"choices": [choice]})
-
-
 @pytest.fixture
 def vllm_like():
     """A stand-in vLLM server of the tiny byte-level model; yields its handler class and URL."""
-    handler = type("Handler", (_VllmLike,), {"member": tiny.bytelevel_member()})
-    server = _QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    handler = type("Handler", (VllmLike,), {"member": tiny.bytelevel_member()})
+    with serve(handler) as url:
+        yield handler, url
 
 
 def _served(url: str, top_k: int = 20, name: str = "served") -> RemoteMember:

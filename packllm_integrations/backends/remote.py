@@ -29,31 +29,34 @@ Two dialects, detected from ``/v1/models``:
 
 Requests for several rows go out concurrently through one connection pool per server;
 the session steps remote members in threads, so one step costs about the slowest
-member's round trip. Every failure is a :class:`~packllm_integrations.errors.BackendError`
-naming the member and the server; the API key (read from ``api_key_env``) is sent as a
-bearer token and never logged or shown.
+member's round trip. Requests go through a :class:`~.server_client.ServerClient`: the
+``timeout`` bounds each whole request, every failure (an HTTP error, an answer that is not
+what the protocol says, at any level of its JSON) is a
+:class:`~packllm_integrations.errors.BackendError` naming the member and the server, and
+no text shows the API key (read from ``api_key_env``) or the URL's credentials.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import BackendError, ModelLoadError
 from .base import MemberBackend, Prefill, SparseScores
+from .server_client import ServerClient, reason
 from .vllm import VllmDialect
-from .vllm import reason as _reason
 
 __all__ = ["RemoteMember"]
 
 _MAX_WORKERS = 8
+T, R = TypeVar("T"), TypeVar("R")
+_LEAST = -1e4  # the least log-probability kept (exp() of it is 0 in float64)
 
 
 class RemoteMember(VllmDialect, MemberBackend):
@@ -68,64 +71,67 @@ class RemoteMember(VllmDialect, MemberBackend):
     def __init__(
         self,
         name: str,
-        url: str,
+        client: ServerClient,
         model: str,
         tokenizer: Any,
         top_k: int = 20,
-        timeout: float = 60.0,
-        api_key: str | None = None,
         dialect: str = "generic",
         context_window: int = 2048,
     ) -> None:
-        import httpx
-
-        self.name, self.url, self.model, self.tokenizer = name, url.rstrip("/"), model, tokenizer
-        self.k, self.timeout, self.dialect, self.context_window = top_k, timeout, dialect, context_window
+        self.name, self.model, self.tokenizer, self._client = name, model, tokenizer, client
+        self.url, self.timeout = client.url, client.timeout  # the URL without credentials
+        self.k, self.dialect, self.context_window = top_k, dialect, context_window
         self.width = top_k + 1  # slots of a packed set: the top k and a scored token's own entry
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=_MAX_WORKERS, max_keepalive_connections=_MAX_WORKERS)
-        self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._pool = ThreadPoolExecutor(_MAX_WORKERS, thread_name_prefix=f"packllm-{name}")
         eos = tokenizer.eos_token_id
         self.eos_token_ids = frozenset() if eos is None else frozenset({int(eos)})
-        self.requests = 0
         self.server_adds_bos = False  # learnt by check_vocabulary
         self.names_tokens = False  # learnt by check_limits
+
+    @property
+    def requests(self) -> int:
+        """Requests sent to the server so far."""
+        return self._client.requests
 
     # ---- connecting ------------------------------------------------------------------------
 
     @classmethod
     def connect(cls, spec: Any, tokenizer: Any) -> RemoteMember:
         """Reach ``spec.url``, choose the model, detect the dialect, check the vocabulary."""
-        import httpx
-
-        url, where = spec.url.rstrip("/"), f"member {spec.display_name!r} at {spec.url}"
         api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        client = ServerClient(spec.name or spec.display_name, spec.url, api_key, spec.timeout, _MAX_WORKERS)
         try:
-            listed = httpx.get(f"{url}/models", headers=headers, timeout=spec.timeout)
-            listed.raise_for_status()
-            models = listed.json()["data"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{where}: cannot list the server's models ({_reason(exc)})") from None
-        ids = [str(m.get("id")) for m in models]
+            member = cls._connect(client, spec, tokenizer)
+        except BaseException:
+            client.close()  # a failed connection leaves nothing open
+            raise
+        return member
+
+    @classmethod
+    def _connect(cls, client: ServerClient, spec: Any, tokenizer: Any) -> RemoteMember:
+        where = f"member {spec.display_name!r} at {client.url}"
+        try:
+            models = client.get("models").get("data")
+        except BackendError as exc:
+            raise ModelLoadError(f"{where}: cannot list the server's models ({exc.reason})") from None
+        if not isinstance(models, list) or not all(isinstance(m, dict) and "id" in m for m in models):
+            raise ModelLoadError(f"{where}: the server's model list is malformed ({client.redact(repr(models))[:120]})")
+        ids = [str(m["id"]) for m in models]
         if spec.model:
             if spec.model not in ids:
-                raise ModelLoadError(f"{where}: the server has no model {spec.model!r} (it has {ids})")
-            chosen = next(m for m in models if str(m.get("id")) == spec.model)
+                raise ModelLoadError(f"{where}: the server has no model {spec.model!r} (it has {ids[:20]})")
+            chosen = models[ids.index(spec.model)]
         elif len(models) == 1:
             chosen = models[0]
         else:
-            raise ModelLoadError(f"{where}: the server has {len(ids)} models {ids}; name one with ',model=NAME'")
+            raise ModelLoadError(f"{where}: the server has {len(ids)} models {ids[:20]}; name one with ',model=NAME'")
         dialect = "vllm" if chosen.get("owned_by") == "vllm" else "generic"
         stated = chosen.get("max_model_len")
         if stated is not None and (isinstance(stated, bool) or not isinstance(stated, int) or stated < 2):
-            raise ModelLoadError(f"{where}: the server states max_model_len={stated!r}, not a whole number >= 2")
+            raise ModelLoadError(f"{where}: the server states max_model_len={stated!r:.40}, not a whole number >= 2")
         window = stated or min(int(getattr(tokenizer, "model_max_length", 0) or 0), 8192)
         name = spec.name or str(chosen["id"])
-        member = cls(
-            name, url, str(chosen["id"]), tokenizer, spec.top_k, spec.timeout, api_key, dialect, window or 2048
-        )
+        member = cls(name, client, str(chosen["id"]), tokenizer, spec.top_k, dialect, window or 2048)
         member.check_vocabulary()
         member.check_limits()
         return member
@@ -134,11 +140,14 @@ class RemoteMember(VllmDialect, MemberBackend):
         """Raise :class:`ModelLoadError` when the server tokenizes a probe text otherwise than the local tokenizer."""
         probe = "Vocabulary check: def f(x):\n    return x * 42  # ünïcode"
         local = self.encode(probe)
-        root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+        # without a tokenize endpoint (HTTP 404), the vocabulary is checked by use
         if self.dialect == "vllm":
-            got = self._post(f"{root}/tokenize", {"model": self.model, "prompt": probe}).get("tokens")
+            asked = self._client.post("/tokenize", {"model": self.model, "prompt": probe}, missing_ok=True)
         else:
-            got = self._post(f"{root}/extras/tokenize", {"input": probe}).get("tokens")
+            asked = self._client.post("/extras/tokenize", {"input": probe}, missing_ok=True)
+        got = asked.get("tokens")
+        if got is not None and (not isinstance(got, list) or not all(type(t) is int for t in got)):
+            raise self._client.error(f"a malformed tokenize response (tokens {got!r:.80})")
         bos = self.tokenizer.bos_token_id
         sample = list(got) if got is not None else local  # without a tokenize endpoint: as the local tokenizer
         self.server_adds_bos = bos is not None and bool(sample) and sample[0] == bos
@@ -188,15 +197,13 @@ class RemoteMember(VllmDialect, MemberBackend):
         rows = [[int(t) for t in r] for r in rows]
         width = max(len(r) for r in rows)
         if self.dialect == "vllm":
-            per_row = list(self._pool.map(self._prompt_sets, rows))
+            per_row = self._each(self._prompt_sets, rows)
         else:
             per_row = []
             for row in rows:
                 if checkpoint is not None:
                     checkpoint()
-                per_row.append(
-                    torch.stack(list(self._pool.map(self._next_set, [row[: t + 1] for t in range(len(row))])))
-                )
+                per_row.append(torch.stack(self._each(self._next_set, [row[: t + 1] for t in range(len(row))])))
         states = torch.zeros(len(rows), width, 2 * self.width)
         pads = [width - len(r) for r in rows]
         for b, sets in enumerate(per_row):
@@ -211,7 +218,7 @@ class RemoteMember(VllmDialect, MemberBackend):
     def step(self, cache: list[list[int]], ids: Sequence[int]) -> SparseScores:
         for row, t in zip(cache, ids, strict=True):
             row.append(int(t))
-        return self.scores(torch.stack(list(self._pool.map(self._next_set, [list(r) for r in cache]))))
+        return self.scores(torch.stack(self._each(self._next_set, [list(r) for r in cache])))
 
     def extend(self, cache: list[list[int]], feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         out = {}
@@ -219,7 +226,7 @@ class RemoteMember(VllmDialect, MemberBackend):
             start = len(cache[b])
             cache[b].extend(int(t) for t in fed)
             prefixes = [cache[b][: start + i + 1] for i in range(len(fed))]
-            out[b] = torch.stack(list(self._pool.map(self._next_set, prefixes)))
+            out[b] = torch.stack(self._each(self._next_set, prefixes))
         return out
 
     def crop(self, cache: list[list[int]], row: int, length: int) -> None:
@@ -229,6 +236,19 @@ class RemoteMember(VllmDialect, MemberBackend):
         return [list(cache[row])]
 
     # ---- requests ----------------------------------------------------------------------------
+
+    def _each(self, ask: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[ask(x) for x in items]``, concurrently. At the first failure the requests not yet sent
+        are cancelled, the ones under way end (each within ``timeout``), and the failure is
+        raised: a failed operation leaves no work behind."""
+        futures = [self._pool.submit(ask, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
 
     def _prompt_text(self, ids: Sequence[int]) -> str:
         """The text a generic server reads for ``ids`` (a leading BOS is left to a server that adds its own)."""
@@ -240,9 +260,9 @@ class RemoteMember(VllmDialect, MemberBackend):
         try:
             top = data["choices"][0]["logprobs"]["top_logprobs"][0]
         except (KeyError, IndexError, TypeError) as exc:
-            raise BackendError(self.name, self.url, f"a malformed completion response ({_reason(exc)})") from None
+            raise self._client.error(f"a malformed completion response ({reason(exc)})") from None
         if not isinstance(top, Mapping):
-            raise BackendError(self.name, self.url, f"a malformed completion response (top_logprobs {top!r:.80})")
+            raise self._client.error(f"a malformed completion response (top_logprobs {top!r:.80})")
         return top
 
     def _next_set(self, ids: Sequence[int]) -> torch.Tensor:
@@ -252,19 +272,24 @@ class RemoteMember(VllmDialect, MemberBackend):
         else:  # a sampled end token would end the completion before its log-probabilities are sent
             body = {"model": self.model, "max_tokens": 1, "logprobs": self.k, "temperature": 0.0}
             body.update(prompt=self._prompt_text(ids), logit_bias=self._no_special_tokens)
-        top = self._top(self._post(f"{self.url}/completions", body))
+        top = self._top(self._client.post("completions", body))
         try:
             return self._pack(top)
-        except (TypeError, ValueError) as exc:
-            raise BackendError(self.name, self.url, f"a malformed completion response ({_reason(exc)})") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._client.error(f"a malformed completion response ({reason(exc)})") from None
 
     def _found(self, top: Mapping[str, Any]) -> dict[int, float]:
         """A server's {token: logprob} as {id: logprob}, tokens it names that are not ours left out."""
         found: dict[int, float] = {}
-        for key, value in top.items():
-            token = self._token_id(str(key))
-            if token is not None and math.isfinite(float(value)):
-                found[token] = max(float(value), found.get(token, -math.inf))
+        try:
+            for key, value in top.items():
+                token, value = self._token_id(str(key)), float(value)
+                if value > 1e-3:
+                    raise ValueError(f"a log-probability above 0 ({value:g})")
+                if token is not None and math.isfinite(value):  # a probability of 0 stays finite in float32
+                    found[token] = max(value, _LEAST, found.get(token, -math.inf))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._client.error(f"a malformed log-probability set ({reason(exc)}: {dict(top)!r:.80})") from None
         return found
 
     def _pack(self, top: Mapping[str, Any], own: int | None = None) -> torch.Tensor:
@@ -293,29 +318,7 @@ class RemoteMember(VllmDialect, MemberBackend):
             return self._ids_of_pieces.get(key)
         return token if 0 <= token < self.logits_width else None
 
-    def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
-        self.requests += 1
-        try:
-            response = self._client.post(url, json=body)
-        except httpx.TimeoutException:
-            raise BackendError(self.name, self.url, f"no answer within timeout={self.timeout} s") from None
-        except httpx.HTTPError as exc:
-            raise BackendError(self.name, self.url, _reason(exc)) from None
-        if response.status_code == 404 and url.endswith("tokenize"):
-            return {}  # the server has no tokenize endpoint: the vocabulary is checked by use
-        if response.status_code >= 400:
-            raise BackendError(self.name, self.url, f"HTTP {response.status_code}: {response.text[:200]}")
-        try:
-            data = response.json()
-        except json.JSONDecodeError:
-            raise BackendError(self.name, self.url, f"a response that is not JSON: {response.text[:200]!r}") from None
-        if not isinstance(data, dict):
-            raise BackendError(self.name, self.url, f"a response that is not a JSON object: {response.text[:200]!r}")
-        return data
-
     def close(self) -> None:
-        """Close the connection pool and the request threads."""
+        """Close the connections and the request threads."""
         self._client.close()
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -23,15 +23,16 @@ server in ``tests/integration/test_vllm_real.py``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import BackendError, ConfigError
 from .base import SparseScores
+from .server_client import ServerClient, reason
 
-__all__ = ["VllmDialect", "reason"]
+__all__ = ["VllmDialect"]
 
 MAX_NAMED = 128
 """vLLM's cap on ``logprob_token_ids`` in one request."""
@@ -39,7 +40,7 @@ MAX_NAMED = 128
 
 class VllmDialect:
     """The vLLM requests of :class:`~.remote.RemoteMember` (a mixin: it uses the member's
-    ``_post``, ``_top``, ``_pack``, ``_found``, ``encode`` and settings)."""
+    ``_client``, ``_top``, ``_pack``, ``_found``, ``encode`` and settings)."""
 
     name: str
     url: str
@@ -50,11 +51,11 @@ class VllmDialect:
     logits_width: int
     vocab_size: int
     special_ids: frozenset[int]
-    _pool: Any
+    _client: ServerClient
 
     if TYPE_CHECKING:  # the member's own, declared for type checkers only
 
-        def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]: ...
+        def _each(self, ask: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
         def _top(self, data: Mapping[str, Any]) -> Mapping[str, Any]: ...
         def _pack(self, top: Mapping[str, Any], own: int | None = None) -> torch.Tensor: ...
         def _found(self, top: Mapping[str, Any]) -> dict[int, float]: ...
@@ -74,7 +75,7 @@ class VllmDialect:
         probe = self.encode("Limits check: a probe")
         body = {"model": self.model, "prompt": probe, "logprobs": self.k, "prompt_logprobs": self.k}
         try:
-            data = self._post(f"{self.url}/completions", self._body(body))
+            data = self._client.post("completions", self._body(body))
         except BackendError as exc:
             if "HTTP 400" in exc.reason and "logprobs" in exc.reason:
                 found = re.search(r"max allowed: (\d+)", exc.reason)
@@ -90,9 +91,7 @@ class VllmDialect:
         self._prompt_sets_of(data, probe)  # a server that leaves out prompt_logprobs fails here
         named = [t for t in range(self.vocab_size - 2, 0, -1) if t not in self.special_ids][:2]
         try:  # a server without named tokens may refuse the field, or ignore it
-            top = self._top(
-                self._post(f"{self.url}/completions", self._body({"prompt": probe, "logprob_token_ids": named}))
-            )
+            top = self._top(self._client.post("completions", self._body({"prompt": probe, "logprob_token_ids": named})))
         except BackendError:
             return
         self.names_tokens = all(f"token_id:{t}" in top or str(t) in top for t in named)
@@ -119,7 +118,7 @@ class VllmDialect:
             asks += [(b, missing[i : i + MAX_NAMED]) for i in range(0, len(missing), MAX_NAMED)]
         if not asks:
             return scores
-        answers = self._pool.map(lambda ask: self._named_set(cache[ask[0]], ask[1]), asks)
+        answers = self._each(lambda ask: self._named_set(cache[ask[0]], ask[1]), asks)
         rows = [
             (scores.ids[b].tolist(), scores.logprobs[b].tolist()) for b in range(len(scores))
         ]  # [(ids, logprobs)] per row
@@ -139,17 +138,17 @@ class VllmDialect:
     def _named_set(self, ids: Sequence[int], named: Sequence[int]) -> dict[int, float]:
         """vLLM: the log-probabilities of the ``named`` ids after ``ids`` (one request)."""
         top = self._top(
-            self._post(f"{self.url}/completions", self._body({"prompt": list(ids), "logprob_token_ids": list(named)}))
+            self._client.post("completions", self._body({"prompt": list(ids), "logprob_token_ids": list(named)}))
         )
         found = self._found(top)
         if not set(named) <= set(found):
             missing = sorted(set(named) - set(found))[:8]
-            raise BackendError(self.name, self.url, f"no log-probability for the named token ids {missing}")
+            raise self._client.error(f"no log-probability for the named token ids {missing}")
         return {t: found[t] for t in named}
 
     def _prompt_sets(self, ids: Sequence[int]) -> torch.Tensor:
         """vLLM: every position's packed set [L, 2(k + 1)] from one request with ``prompt_logprobs``."""
-        data = self._post(f"{self.url}/completions", self._body({"prompt": list(ids), "prompt_logprobs": self.k}))
+        data = self._client.post("completions", self._body({"prompt": list(ids), "prompt_logprobs": self.k}))
         return self._prompt_sets_of(data, ids)
 
     def _prompt_sets_of(self, data: Mapping[str, Any], ids: Sequence[int]) -> torch.Tensor:
@@ -168,14 +167,4 @@ class VllmDialect:
             sets.append(self._pack(top))
             return torch.stack(sets)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise BackendError(self.name, self.url, f"a malformed prompt_logprobs response ({reason(exc)})") from None
-
-
-def reason(exc: BaseException) -> str:
-    """An exception's text for an error message, at most 300 characters.
-
-    >>> reason(ValueError())
-    'ValueError'
-    """
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."
+            raise self._client.error(f"a malformed prompt_logprobs response ({reason(exc)})") from None
