@@ -261,3 +261,25 @@ def test_a_prompt_token_missing_from_prompt_logprobs_is_a_backend_error(vllm_lik
     with pytest.raises(BackendError, match=rf"member 'served' at {url}: .*no log-probability for the prompt token 2"):
         served._prompt_sets_of({"choices": [answer]}, [1, 2])
     served.close()
+
+
+def test_greedy_decoding_names_candidates_only_where_the_choice_could_change(vllm_like) -> None:
+    """A token outside the served member's top-k scores at most its k-th best: where the fused
+    pick is exact and beats every other token's bound, the second request is not sent, and the
+    text is still the in-process pack's. Sampling names at every step."""
+    handler, url = vllm_like
+    other = tiny.bytelevel_member_b()
+    want = PackEngine([handler.member, other], progress=False, max_new_tokens=12).generate_batch(TEXTS)
+    served = _served(url, top_k=20)
+    counts, steps = {}, {}
+    for temperature in (0.0, 0.8):
+        before = handler.named_requests
+        engine = PackEngine([served, other], progress=False, max_new_tokens=12, temperature=temperature, seed=3)
+        got = engine.generate_batch(TEXTS)
+        counts[temperature] = handler.named_requests - before
+        steps[temperature] = sum(g.usage.completion_tokens for g in got)
+        if temperature == 0:
+            assert [g.text for g in got] == [w.text for w in want]
+    assert 0 < counts[0.0] < steps[0.0] - len(TEXTS)  # measured: 25 of 36 (tiny models are sure of little)
+    assert counts[0.8] >= steps[0.8] - len(TEXTS)  # every step but each text's last
+    served.close()

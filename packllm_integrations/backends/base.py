@@ -146,6 +146,8 @@ class MemberBackend(ABC):
     concurrent: bool = False
     """Whether the member's steps wait on something other than this process's CPU (a server,
     a GPU): the session then steps it in a thread, alongside the others."""
+    sparse: bool = False
+    """Whether the member's scores are top-k sets (:class:`SparseScores`) rather than logits."""
     names_tokens: bool = False
     """Whether :meth:`named_scores` asks for more than the member already gave (a server that
     returns the log-probabilities of tokens the caller names); a sparse member with it is

@@ -67,6 +67,7 @@ class RemoteMember(VllmDialect, MemberBackend):
     """
 
     concurrent = True  # the session steps it in a thread: the server does the work
+    sparse = True  # top-k sets
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ alignment branch::
     reference_scores(rows, r, V)    scores [G, V] of some rows, in reference member r's vocabulary
     feed(tokens, rows)              read the chosen tokens (one step)
     name(union, rows)               score named candidates too (a member that ``names_tokens``)
+    bounds(b, r, V)                 scores, which are exact, and a bound on the rest (greedy naming)
     bad_rows(), close()             rows whose scores are unusable; stop stepping
 
 Two kinds:
@@ -35,9 +36,10 @@ import torch
 
 from ..alignment.natural import BatchReader, natural_states, token_ends
 from ..alignment.projection import NaturalStates
-from ..backends.base import Scores
+from ..backends.base import Scores, SparseScores
 from .faults import bad_rows, prefill_faults
 from .fusion import in_reference
+from .naming import Bounds
 from .planning import PackView, Planned
 from .rows import Row
 
@@ -82,6 +84,13 @@ class Aligner(ABC):
         """Extend row b's next-token scores with the member's own scores of ``union[b]``
         (reference-vocabulary ids of row b's reference member)."""
 
+    def bounds(self, b: int, r: int, vocab: int) -> Bounds | None:
+        """Row b's next-token scores in r's vocabulary, which of them the member gave, and the
+        most the others can be (see :mod:`.naming`); None where no such bound is known."""
+        if self.member.sparse:
+            return None
+        return self.reference_scores(torch.tensor([b]), r, vocab)[0], None, 0.0
+
     def bad_rows(self) -> list[int]:
         """The rows whose next-token scores hold NaN, +inf or nothing finite."""
         return bad_rows(self.next) if self.live else []
@@ -123,6 +132,20 @@ class Lockstep(Aligner):
     @property
     def names_tokens(self) -> bool:
         return self.member.names_tokens
+
+    def bounds(self, b: int, r: int, vocab: int) -> Bounds | None:
+        if not isinstance(self.next, SparseScores):
+            return super().bounds(b, r, vocab)
+        top = getattr(self.member, "k", None)
+        if top is None or self.pack.maps(r, self.k) is not None:
+            return None
+        given = dict(zip(self.next.ids[b].tolist(), self.next.logprobs[b].tolist(), strict=True))
+        if len(given) < top:
+            return None
+        known = torch.zeros(vocab, dtype=torch.bool)
+        known[[t for t in given if 0 <= t < vocab]] = True
+        scores = self.reference_scores(torch.tensor([b]), r, vocab)[0]
+        return scores, known, sorted(given.values(), reverse=True)[top - 1]  # a token outside is below the k-th
 
     def name(self, union: Mapping[int, Sequence[int]], rows: Sequence[Row]) -> None:
         named = {}

@@ -37,6 +37,7 @@ from ..structured.constraints import Grammars, mask
 from .aligners import Aligner, Natural, open_aligners
 from .faults import prompt_fault, without_member
 from .fusion import Fused, FusionRule, fuse_by
+from .naming import named_candidates
 from .planning import PackView, Planned, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 from .rows import Row
@@ -278,23 +279,15 @@ class Session:
     def _name_candidates(self) -> None:
         """Every member that scores named tokens (:attr:`~..backends.base.MemberBackend.names_tokens`)
         scores the candidates the other members propose for each live row: the union of every
-        member's best ``n`` tokens in the row's reference vocabulary (``n``: the largest set
-        those members give), each member's set extended with the ones it lacked."""
+        member's best ``n`` tokens (``n``: the largest set those members give), except in rows
+        whose greedy choice they could not change (:mod:`.naming`)."""
         askers = [k for k, a in enumerate(self.aligners) if a.live and a.names_tokens and self._listened(k)]
         if not askers or len(self.members) < 2:
             return
         n = max(int(self.aligners[k].next.ids.shape[-1]) for k in askers)
-        union: dict[int, list[int]] = {}
-        for row in self.rows:
-            if row.finish is not None:
-                continue
-            r, one = row.plan.reference, torch.tensor([row.index])
-            found: set[int] = set()
-            for k, a in enumerate(self.aligners):
-                if a.live and float(row.weights[k]) > 0:
-                    scores = a.reference_scores(one, r, self.members[r].vocab_size)[0]
-                    found.update(scores.topk(min(n, scores.numel())).indices.tolist())
-            union[row.index] = sorted(found)
+        union = named_candidates(self.aligners, self.members, self.rows, self.config, n)
+        if not union:
+            return
         self.pack.checkpoint()
         calls = {k: partial(self._guarded, self.aligners[k].name, union, self.rows) for k in askers}
         self._settle(self._stepper.run(calls, {k for k in askers if self.members[k].concurrent}))
