@@ -96,10 +96,19 @@ class VllmServer:
     """``python -m vllm.entrypoints.openai.api_server`` on one model folder, CPU, float32."""
 
     def __init__(
-        self, python: Path, model: Path, *, served_name: str = "smollm2", max_logprobs: int = 50, kv_gb: int = 2
+        self,
+        python: Path,
+        model: Path,
+        *,
+        served_name: str = "smollm2",
+        max_logprobs: int = 50,
+        kv_gb: int = 2,
+        cpus: str | None = None,
     ) -> None:
+        """``cpus``: the cores its worker runs on (``VLLM_CPU_OMP_THREADS_BIND``, such as ``"1"``
+        or ``"0-1"``); by default vLLM binds every server's worker to the same first cores."""
         self.python, self.model, self.served_name = python, model, served_name
-        self.max_logprobs, self.kv_gb = max_logprobs, kv_gb
+        self.max_logprobs, self.kv_gb, self.cpus = max_logprobs, kv_gb, cpus
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
@@ -113,6 +122,8 @@ class VllmServer:
         args += ["--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--max-logprobs", str(self.max_logprobs), "--dtype", "float32", "--enforce-eager"]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_gb)}
+        if self.cpus is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
