@@ -9,7 +9,7 @@ alignment branch::
     reference_scores(rows, r, V)    scores [G, V] of some rows, in reference member r's vocabulary
     feed(tokens, rows)              read the chosen tokens (one step)
     name(union, rows)               score named candidates too (a member that ``names_tokens``)
-    bounds(b, r, V)                 scores, which are exact, and a bound on the rest (greedy naming)
+    bounds(b, r, scores)            which scores are exact, and a bound on the rest (greedy naming)
     bad_rows(), close()             rows whose scores are unusable; stop stepping
 
 Two kinds:
@@ -84,12 +84,11 @@ class Aligner(ABC):
         """Extend row b's next-token scores with the member's own scores of ``union[b]``
         (reference-vocabulary ids of row b's reference member)."""
 
-    def bounds(self, b: int, r: int, vocab: int) -> Bounds | None:
-        """Row b's next-token scores in r's vocabulary, which of them the member gave, and the
-        most the others can be (see :mod:`.naming`); None where no such bound is known."""
-        if self.member.sparse:
-            return None
-        return self.reference_scores(torch.tensor([b]), r, vocab)[0], None, 0.0
+    def bounds(self, b: int, r: int, scores: torch.Tensor) -> Bounds | None:
+        """Row b's next-token ``scores`` [V] in r's vocabulary (its :meth:`reference_scores`),
+        which of them the member gave, and the most the others can be (see :mod:`.naming`);
+        None where no such bound is known."""
+        return None if self.member.sparse else (scores, None, 0.0)
 
     def bad_rows(self) -> list[int]:
         """The rows whose next-token scores hold NaN, +inf or nothing finite."""
@@ -133,18 +132,17 @@ class Lockstep(Aligner):
     def names_tokens(self) -> bool:
         return self.member.names_tokens
 
-    def bounds(self, b: int, r: int, vocab: int) -> Bounds | None:
+    def bounds(self, b: int, r: int, scores: torch.Tensor) -> Bounds | None:
         if not isinstance(self.next, SparseScores):
-            return super().bounds(b, r, vocab)
+            return super().bounds(b, r, scores)
         top = getattr(self.member, "k", None)
         if top is None or self.pack.maps(r, self.k) is not None:
             return None
         given = dict(zip(self.next.ids[b].tolist(), self.next.logprobs[b].tolist(), strict=True))
         if len(given) < top:
             return None
-        known = torch.zeros(vocab, dtype=torch.bool)
-        known[[t for t in given if 0 <= t < vocab]] = True
-        scores = self.reference_scores(torch.tensor([b]), r, vocab)[0]
+        known = torch.zeros(scores.numel(), dtype=torch.bool)
+        known[[t for t in given if 0 <= t < scores.numel()]] = True
         return scores, known, sorted(given.values(), reverse=True)[top - 1]  # a token outside is below the k-th
 
     def name(self, union: Mapping[int, Sequence[int]], rows: Sequence[Row]) -> None:

@@ -72,13 +72,13 @@ def named_candidates(
         r, one = row.plan.reference, torch.tensor([row.index])
         vocab = members[r].vocab_size
         weighted = [(k, a) for k, a in enumerate(aligners) if a.live and float(row.weights[k]) > 0]
+        scores = {k: a.reference_scores(one, r, vocab)[0] for k, a in weighted}
         if greedy and row.matcher is None:
-            parts = [(float(row.weights[k]), a.bounds(row.index, r, vocab)) for k, a in weighted]
+            parts = [(float(row.weights[k]), a.bounds(row.index, r, scores[k])) for k, a in weighted]
             if all(b is not None for _, b in parts) and greedy_settled(parts):  # type: ignore[arg-type]
                 continue
         found: set[int] = set()
-        for _, a in weighted:
-            scores = a.reference_scores(one, r, vocab)[0]
-            found.update(scores.topk(min(n, scores.numel())).indices.tolist())
+        for s in scores.values():
+            found.update(s.topk(min(n, s.numel())).indices.tolist())
         union[row.index] = sorted(found)
     return union
