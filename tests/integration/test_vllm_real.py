@@ -3,7 +3,8 @@
 The server runs from a venv of its own (:mod:`tests.vllm_server`): these tests skip when that
 venv is missing, unless ``PACKLLM_VLLM=install`` lets them make it (about 90 s, 3.5 GB). One
 server serves SmolLM2-135M's cached float32 folder for the module (about 45 s to start and
-5 GB of memory); the test that kills a server mid-request starts one of its own.
+5 GB of memory); the two-server test starts a second one (Qwen2.5-Coder-0.5B), and the test
+that kills a server mid-request starts one of its own.
 """
 
 from __future__ import annotations
@@ -111,6 +112,35 @@ def test_a_mixed_pack_generates_streams_batches_scores_and_follows_a_grammar(ser
     assert good.logprob > bad.logprob
     answer = engine.generate("The answer, yes or no:", constraint=Constraint.regex(" (yes|no)"), max_new_tokens=4)
     assert answer.text in (" yes", " no")
+
+
+def test_two_members_on_two_servers_fuse_as_the_same_pack_in_process(python, served, local) -> None:
+    """SmolLM2 and Qwen2.5-Coder-0.5B each on a vLLM server of their own (two tokenizers):
+    with each member's prompt scored in its own tokens, the pack's weights are the in-process
+    pack's, and its scores and greedy text follow them."""
+    need("qwen2.5-coder-0.5b")
+    with VllmServer(python, model_folder("qwen2.5-coder-0.5b"), served_name="qwen", kv_gb=1) as srv:
+        qwen = load_member(f"openai:{srv.url},tokenizer=qwen2.5-coder-0.5b,name=qwen", progress=False)
+        assert qwen.dialect == "vllm" and qwen.names_tokens and qwen.url == srv.url
+        here = PackEngine(
+            [local, load_member("qwen2.5-coder-0.5b,backend=transformers,name=qwen", progress=False)],
+            progress=False,
+            max_new_tokens=12,
+            scoring="own",
+        )
+        there = PackEngine([served, qwen], progress=False, max_new_tokens=12, scoring="own")
+        want, got = here.generate_batch([CODE, PROMPTS[0]]), there.generate_batch([CODE, PROMPTS[0]])
+        for g, w in zip(got, want, strict=True):
+            assert g.text.strip()
+            for a, b in zip(g.weights.values(), w.weights.values(), strict=True):
+                assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4)
+        assert sum(g.text == w.text for g, w in zip(got, want, strict=True)) >= 1
+        pairs = [(CODE, "    return sum(values) / len(values)\n"), (CODE, "    purple elephant\n")]
+        (good, bad), (want_good, _) = there.score(pairs), here.score(pairs)
+        assert good.logprob > bad.logprob
+        # a fused score's normaliser holds the floor for tokens outside a member's set: close, not exact
+        assert math.isclose(good.logprob, want_good.logprob, rel_tol=0.1)
+        qwen.close()
 
 
 def test_a_server_killed_mid_request_fails_it_with_the_text_so_far(python) -> None:
