@@ -57,6 +57,7 @@ class VllmLike(BaseHTTPRequestHandler):
     """vLLM's completions protocol over ``member`` (a tiny in-memory model); see the module docstring."""
 
     member: Any = None
+    model_id = "tiny"
     owned_by = "vllm"
     max_logprobs = 20
     max_model_len: Any = 256
@@ -99,7 +100,8 @@ class VllmLike(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         if not self._refused():
-            self._send(200, {"data": [{"id": "tiny", "owned_by": self.owned_by, "max_model_len": self.max_model_len}]})
+            model = {"id": self.model_id, "owned_by": self.owned_by, "max_model_len": self.max_model_len}
+            self._send(200, {"data": [model]})
 
     def do_POST(self) -> None:  # noqa: N802
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))

@@ -278,3 +278,15 @@ def test_a_slow_drip_at_connection_is_a_load_error_within_the_timeout(server) ->
         _connect(url, timeout=1.0)
     assert time.monotonic() - start < 1.5
     _nothing_left()
+
+
+def test_a_member_named_by_its_server_is_named_so_in_its_errors(server) -> None:
+    handler, url = server
+    handler.model_id = "qwen-served"
+    spec = MemberSpec("", backend="openai", url=url, tokenizer="tiny")  # no name: the server's model id
+    member = RemoteMember.connect(spec, tiny.bytelevel_tokenizer())
+    handler.mutate = staticmethod(lambda path, payload: b"oops" if path.endswith("/completions") else payload)
+    with pytest.raises(BackendError, match=rf"member 'qwen-served' at {url}: a response that is not JSON") as caught:
+        member.step([member.encode(TEXT)], [5])
+    assert member.name == caught.value.member == "qwen-served"
+    member.close()

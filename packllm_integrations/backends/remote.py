@@ -131,7 +131,7 @@ class RemoteMember(VllmDialect, MemberBackend):
         if stated is not None and (isinstance(stated, bool) or not isinstance(stated, int) or stated < 2):
             raise ModelLoadError(f"{where}: the server states max_model_len={stated!r:.40}, not a whole number >= 2")
         window = stated or min(int(getattr(tokenizer, "model_max_length", 0) or 0), 8192)
-        name = spec.name or str(chosen["id"])
+        name = client.member = spec.name or str(chosen["id"])  # error texts name the member as it is named
         member = cls(name, client, str(chosen["id"]), tokenizer, spec.top_k, dialect, window or 2048)
         member.check_vocabulary()
         member.check_limits()
