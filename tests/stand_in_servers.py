@@ -94,7 +94,8 @@ class VllmLike(BaseHTTPRequestHandler):
         type(self).authorization = given
         if self.api_key is None or given == f"Bearer {self.api_key}":
             return False
-        message = f"invalid API key: {given!r}; Authorization: {given}"
+        lead = "the key you sent is not valid. " * 4 + "(please check it) "  # the key then crosses 200 bytes
+        message = f"{lead}invalid API key: {given!r}; Authorization: {given}"
         self._send(401, {"error": {"message": message, "code": 401}})
         return True
 

@@ -83,7 +83,7 @@ def test_an_api_key_a_server_echoes_is_in_no_error_text_and_no_log(server, monke
     member.close()
     texts = [str(e.value) for e in (at_connection, from_member, from_pack)] + [caplog.text]
     texts += [repr(e.value) for e in (at_connection, from_member, from_pack)]
-    assert all(KEY not in t for t in texts), texts
+    assert all(KEY[:8] not in t for t in texts), texts  # not even the part of it that fits a cut text
     assert "Bearer ***" in str(from_member.value)  # the echo is there, the key is not
 
 

@@ -101,7 +101,7 @@ class ServerClient:
         return self._json(status, raw)
 
     def _json(self, status: int, raw: bytes) -> dict[str, Any]:
-        text = raw[:200].decode("utf-8", "replace")
+        text = self.redact(raw[:4096].decode("utf-8", "replace"))[:200]  # redacted before it is cut: no part of a key
         if status >= 400:
             raise self.error(f"HTTP {status}: {text}")
         try:
