@@ -26,7 +26,7 @@ server is stopped in a ``finally``. It writes a Markdown report, default
    packs' fused log-probability margins between the two tokens at the step they part (read
    from the session's own fused scores), SmolLM2's own scores of the two tokens and its
    weight in each pack, and whether the in-process choice was inside the served member's
-   set (top-20, plus the named tokens when it names);
+   set (its top-20 and the tokens named to it);
 4. **bits per byte** of a served member alone against the in-process float32 member alone
    (``bench_backends.py``'s texts), for SmolLM2 and Qwen.
 
@@ -301,8 +301,8 @@ class Trace:
 
 
 def served_set(session: Session, k: int) -> set[int]:
-    """Member k's current next-token set of row 0 (ids in its own vocabulary): for a member in
-    lockstep, its top-k plus the tokens named to it; reading its own tokenization, its top-k."""
+    """Member k's current next-token set of row 0 (ids in its own vocabulary): its top-k and the
+    tokens named to it (reading its own tokenization: its set after its last token)."""
     aligner, member = session.aligners[k], session.members[k]
     if isinstance(aligner, Lockstep):
         return set(aligner.next.ids[0].tolist())
@@ -589,7 +589,7 @@ def agreement_part(
         "of the generation); SmolLM2's own scores of the two tokens in the reference's vocabulary (in process "
         "/ served); its weight (in process / served); 'in top-20': the in-process choice (SmolLM2's first "
         "token of it) among the served member's own 20 best (a fresh `prefill(...).row(0)[-1]`); 'in set': "
-        "among the tokens it scored in the session (top-20, plus the named ones when it is the reference).",
+        "among the tokens it scored in the session (its top-20 and the tokens named to it).",
         "",
         "| prompt | common text | in process next | served next | reference | step (tokens) | margin in process "
         "| margin served pack | SmolLM2 scores in process | served | weight | in top-20 | in set (size) "
@@ -700,7 +700,7 @@ def main() -> None:
         local = {
             name: load_member(f"{catalog},backend=transformers,name={catalog}", progress=False)
             for catalog, name in SERVERS
-            if name in wanted
+            if name in wanted | ({"qwen"} if "agreement" in parts else set())  # (3): Qwen in process only
         }
         log("in-process members loaded", started)
         sections: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -254,15 +255,8 @@ def test_bad_alignment_is_named(bl: Member) -> None:
         PackEngine([bl], alignment="exact")
 
 
-@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
-def test_projection_matches_an_explicit_sum_over_member_tokens(
-    ref: str, other: str, request: pytest.FixtureRequest
-) -> None:
-    """Partition plus healing, recomputed with plain loops over the member's token bytes."""
-    r: Member = request.getfixturevalue(ref)
-    m: Member = request.getfixturevalue(other)
-    vmap = PackEngine([r, m]).vocab_map(0, 1)
-    proj = Projection(r, m, vmap)
+def _longest_reference_prefix(r: Member) -> Callable[[bytes], int | None]:
+    """The reference token that bytes start with, longest first (plain loops: the tests' oracle)."""
     ref_bytes = token_bytes(r.tokenizer)[: r.vocab_size]
     ref_tokens = r.tokenizer.convert_ids_to_tokens(list(range(r.vocab_size)))
     by_bytes: dict[bytes, int] = {}
@@ -278,6 +272,64 @@ def test_projection_matches_an_explicit_sum_over_member_tokens(
                 return by_bytes[b[:n]]
         return None
 
+    return longest
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_projection_names_the_member_tokens_that_reach_each_column(
+    ref: str, other: str, request: pytest.FixtureRequest
+) -> None:
+    """What a served member is asked for to score reference candidates: every member token the
+    partition sends to them (each column's shortest first), a column's MinED token where none
+    reaches it, and the extensions of a cut token that reach them; capped at ``most``."""
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    vmap = PackEngine([r, m]).vocab_map(0, 1)
+    proj = Projection(r, m, vmap)
+    longest = _longest_reference_prefix(r)
+    mem_bytes = token_bytes(m.tokenizer)[: m.logits_width]
+    text_tokens = [t for t, b in enumerate(mem_bytes) if b and t not in m.special_ids]
+    reaching: dict[int, set[int]] = {}
+    for t in text_tokens:
+        v = longest(mem_bytes[t])
+        if v is not None:
+            reaching.setdefault(v, set()).add(t)
+    columns = (
+        sorted(reaching, key=lambda v: -len(reaching[v]))[:3]
+        + [v for v in range(r.vocab_size) if v not in reaching][:1]
+    )
+    got = proj.sources(columns, 10_000)
+    unreached = columns[-1]
+    want = set().union(*(reaching[c] for c in columns[:-1])) | {int(vmap.output[unreached])}
+    assert set(got) == want and len(got) == len(want)
+    firsts = got[: len(columns)]  # one per column first, each column's shortest
+    assert [longest(mem_bytes[t]) for t in firsts[:-1]] == columns[:-1]
+    shortest = {c: min(len(mem_bytes[t]) for t in reaching[c]) for c in columns[:-1]}
+    assert [len(mem_bytes[t]) for t in firsts[:-1]] == [shortest[c] for c in columns[:-1]]
+    assert proj.sources(columns, 2) == got[:2]
+    u = next(t for t in text_tokens if sum(mem_bytes[x].startswith(mem_bytes[t]) for x in text_tokens) > 3)
+    extending = {
+        x: longest(mem_bytes[x][len(mem_bytes[u]) :])
+        for x in text_tokens
+        if len(mem_bytes[x]) > len(mem_bytes[u]) and mem_bytes[x].startswith(mem_bytes[u])
+    }
+    targets = sorted({v for v in extending.values() if v is not None})[:2]
+    assert targets
+    got = proj.extension_sources(u, targets, 10_000)
+    assert sorted(got) == sorted(x for x, v in extending.items() if v in targets)
+    assert [len(mem_bytes[x]) for x in got] == sorted(len(mem_bytes[x]) for x in got)
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_projection_matches_an_explicit_sum_over_member_tokens(
+    ref: str, other: str, request: pytest.FixtureRequest
+) -> None:
+    """Partition plus healing, recomputed with plain loops over the member's token bytes."""
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    vmap = PackEngine([r, m]).vocab_map(0, 1)
+    proj = Projection(r, m, vmap)
+    longest = _longest_reference_prefix(r)
     mem_bytes = token_bytes(m.tokenizer)
     ids = m.encode("def tokenize(te")  # ends inside a word: healing has work to do
     last, prev = fresh_last_logits(m, ids), fresh_last_logits(m, ids[:-1])

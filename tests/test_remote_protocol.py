@@ -283,3 +283,37 @@ def test_greedy_decoding_names_candidates_only_where_the_choice_could_change(vll
     assert 0 < counts[0.0] < steps[0.0] - len(TEXTS)  # measured: 25 of 36 (tiny models are sure of little)
     assert counts[0.8] >= steps[0.8] - len(TEXTS)  # every step but each text's last
     served.close()
+
+
+def test_a_served_member_reading_its_own_tokens_is_asked_for_the_other_members_candidates(vllm_like) -> None:
+    """Natural alignment: the served member (byte-level) reads its own tokenization and the
+    reference is the SentencePiece-style member. Its top-10 miss candidates the reference
+    proposes; named (each as the served member's own tokens the projection sends there), they
+    are scored from the server's numbers, and the pack decodes as the same pack in process.
+    Without naming, the candidates take the set's floor and the texts differ (measured: 2 of
+    3; with top-5 sets, naming gives 2 of 3 equal: the parting choice is then in no member's
+    candidates)."""
+    handler, url = vllm_like
+    other = tiny.sentencepiece_member()
+    settings = {
+        "progress": False,
+        "max_new_tokens": 12,
+        "alignment": "natural",
+        "reference": other.name,
+        "scoring": "own",
+    }
+    want = PackEngine([handler.member, other], **settings).generate_batch(TEXTS)
+    texts, asked, steps = {}, {}, 0
+    for names in (True, False):
+        served = _served(url, top_k=10)
+        served.names_tokens = names
+        before = handler.named_requests
+        got = PackEngine([served, other], **settings).generate_batch(TEXTS)
+        asked[names] = handler.named_requests - before
+        texts[names] = [g.text for g in got]
+        steps = sum(g.usage.completion_tokens for g in got)
+        served.close()
+    assert asked[True] > 0 and asked[False] == 0
+    assert texts[True] == [w.text for w in want]
+    assert texts[False] != texts[True]
+    assert asked[True] > steps  # measured 53 for 36 steps: most steps ask both sets, after and before u

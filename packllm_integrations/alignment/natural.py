@@ -138,6 +138,15 @@ class BatchReader:
             self.state[b] = states[b][n - 1]
             self.ids[b] = target
 
+    def rescored(self, b: int, state: torch.Tensor, prev: torch.Tensor | None = None) -> None:
+        """Row b's states (after its last token and, given, before it) as scored again (a served
+        member's set with named tokens added): what was derived from the old ones goes."""
+        self.state[b] = state
+        self.last_logprobs[b] = None
+        if prev is not None:
+            self.prev[b] = prev
+            self._prev_logprobs[b] = None
+
     def view(self, b: int, projection: Projection | None) -> NaturalStates:
         """Row b's current position as a one-row :class:`NaturalStates`."""
         return NaturalStates.one(

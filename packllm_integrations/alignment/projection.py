@@ -138,6 +138,7 @@ class Projection:
         self._sorted = [b for b, _ in order]
         self._sorted_ids = [t for _, t in order]
         self._extensions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sources: dict[int, list[int]] | None = None
         self.heal = reference_bytes != member_bytes
         # Unreached reference columns whose MinED token the partition leaves unused (a special
         # token, say) take that token's probability, split evenly among the columns mapped to it.
@@ -160,6 +161,45 @@ class Projection:
                 break
         self._prefix_memo[b] = found
         return found
+
+    def sources(self, columns: Sequence[int], most: int) -> list[int]:
+        """Member tokens whose probability the partition sends to the reference ``columns``, at
+        most ``most``: each column's shortest first, taken in turns over the columns (so every
+        column's own-bytes token comes before any column's second); for a column no token
+        reaches, its MinED token. A served member is asked
+        for these to score the columns (the other members' candidates) from its own
+        log-probabilities.
+        """
+        if self._sources is None:
+            by_column: dict[int, list[int]] = {}
+            for t, v in zip(self._src.tolist(), self._dst.tolist(), strict=True):
+                by_column.setdefault(v, []).append(t)
+            for ids in by_column.values():
+                ids.sort(key=lambda t: (len(self._bytes[t]), t))
+            self._sources = by_column
+        width = len(self._bytes)
+        mined = self.vmap.output
+        # a column no token reaches takes its share through its MinED token (see the class docstring)
+        lists = [self._sources.get(int(c)) or [t for t in [int(mined[c])] if t < width] for c in columns]
+        out: dict[int, None] = {}  # ordered, each token once (a MinED token may also reach a column)
+        for depth in range(max((len(ids) for ids in lists), default=0)):
+            for ids in lists:
+                if depth < len(ids):
+                    out[ids[depth]] = None
+                    if len(out) == most:
+                        return list(out)
+        return list(out)
+
+    def extension_sources(self, token: int, columns: Sequence[int], most: int) -> list[int]:
+        """Member tokens extending ``token`` whose remaining bytes the healing sends to the
+        reference ``columns`` (see :meth:`extensions`), shortest first, at most ``most``."""
+        src, dst = self.extensions(token)
+        if not src.numel():
+            return []
+        hit = torch.isin(dst, torch.tensor([int(c) for c in columns], dtype=torch.long))
+        found = src[hit].tolist()
+        found.sort(key=lambda t: (len(self._bytes[t]), t))
+        return found[:most]
 
     def extensions(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Member tokens whose bytes extend ``token``'s, and the reference token each one's

@@ -82,6 +82,16 @@ class SparseScores:
             ids, logprobs = ids[None], logprobs[None]
         return SparseScores(ids, logprobs)
 
+    @classmethod
+    def stacked(cls, sets: Sequence[SparseScores]) -> SparseScores:
+        """Sets of several widths as one, each row padded by repeating its first entry."""
+        width = max(int(s.ids.shape[-1]) for s in sets)
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t[:, :1].expand(len(t), width - t.shape[-1])], dim=-1)
+
+        return cls(torch.cat([padded(s.ids) for s in sets]), torch.cat([padded(s.logprobs) for s in sets]))
+
     def floor(self, width: int) -> torch.Tensor:
         """The log-probability [N, 1] of each row's tokens outside its set."""
         lp = self.logprobs.double()

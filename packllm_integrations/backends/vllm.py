@@ -103,7 +103,9 @@ class VllmDialect:
 
         vLLM only (:attr:`names_tokens`): one request per row (per 128 ids) with
         ``logprob_token_ids``, the ids the set lacks; rows' sets are then padded to one width
-        by repeating their first entry. Other servers: ``scores`` as they are.
+        by repeating their first entry. Other servers: ``scores`` as they are. A served
+        member's cache is each row's ids read so far, so ``cache`` may be any list of id
+        lists (a natural-alignment reader also asks at a row's position before its last token).
 
         Example (``m`` a member on a vLLM server, ``cache`` its session cache)::
 

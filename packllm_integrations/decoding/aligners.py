@@ -8,7 +8,8 @@ alignment branch::
     start(rows)                     first next-token scores, after the prompts
     reference_scores(rows, r, V)    scores [G, V] of some rows, in reference member r's vocabulary
     feed(tokens, rows)              read the chosen tokens (one step)
-    name(union, rows)               score named candidates too (a member that ``names_tokens``)
+    name(union, rows)               score named candidates too (a member that ``names_tokens``;
+                                    a Natural one: its own tokens the projection sends there)
     bounds(b, r, scores)            which scores are exact, and a bound on the rest (greedy naming)
     bad_rows(), close()             rows whose scores are unusable; stop stepping
 
@@ -43,7 +44,11 @@ from .naming import Bounds
 from .planning import PackView, Planned
 from .rows import Row
 
-__all__ = ["Aligner", "Lockstep", "Natural", "open_aligners", "walk_states"]
+__all__ = ["Aligner", "Lockstep", "Natural", "open_aligners", "walk_states", "NAMED_PER_ROW"]
+
+NAMED_PER_ROW = 128
+"""The most member tokens a :class:`Natural` member is asked for in one row and step (one
+vLLM request's worth)."""
 
 
 class Aligner(ABC):
@@ -83,6 +88,11 @@ class Aligner(ABC):
     def name(self, union: Mapping[int, Sequence[int]], rows: Sequence[Row]) -> None:  # noqa: B027
         """Extend row b's next-token scores with the member's own scores of ``union[b]``
         (reference-vocabulary ids of row b's reference member)."""
+
+    def set_size(self) -> int:
+        """How many tokens a next-token set of the member holds (a sparse member's top-k, plus
+        its padding); called only when :attr:`names_tokens`."""
+        return int(self.next.ids.shape[-1])
 
     def bounds(self, b: int, r: int, scores: torch.Tensor) -> Bounds | None:
         """Row b's next-token ``scores`` [V] in r's vocabulary (its :meth:`reference_scores`),
@@ -168,6 +178,7 @@ class Natural(Aligner):
         self._width = 0  # the widest reference vocabulary of the batch
         with prefill_faults(self.member.name, range(len(texts))):
             self.reader = self._reader()
+        self._set_size = int(self.member.scores(self.reader.state[0][None]).ids.shape[-1]) if self.member.sparse else 0
 
     def _reader(self) -> BatchReader:
         """A reader over the prompts, started from the member's own pass when it has one."""
@@ -205,6 +216,61 @@ class Natural(Aligner):
         self.reader.advance({row.index: self._reading(row) for row in live})
         for row in live:
             self.next[row.index] = self._row_scores(row)[0]
+
+    @property
+    def names_tokens(self) -> bool:
+        return self.member.names_tokens
+
+    def set_size(self) -> int:
+        return self._set_size
+
+    def name(self, union: Mapping[int, Sequence[int]], rows: Sequence[Row]) -> None:
+        """Ask the member for its own tokens that the projection sends to each row's named
+        reference candidates, and project those rows again: a candidate outside the member's
+        top-k is then scored from its own log-probabilities, not the set's floor.
+
+        Two sets per row, one request each (at most ``NAMED_PER_ROW`` tokens): after the
+        member's last token u, the tokens the partition sends to the candidates
+        (:meth:`~..alignment.projection.Projection.sources`); where the projection heals,
+        before u, u itself and its extensions that reach the candidates
+        (:meth:`~..alignment.projection.Projection.extension_sources`).
+        """
+        reader, member = self.reader, self.member
+        prefixes: list[list[int]] = []  # what the member has read before each asked set
+        sets: list[SparseScores] = []
+        named: dict[int, list[int]] = {}
+        asked: dict[int, tuple[int, int | None]] = {}  # row -> (its set after u, before u)
+
+        def ask(ids: list[int], state: torch.Tensor, tokens: list[int]) -> int:
+            prefixes.append(ids)
+            sets.append(member.scores(state[None]))
+            named[len(sets) - 1] = tokens
+            return len(sets) - 1
+
+        for b, columns in union.items():
+            if float(rows[b].weights[self.k]) <= 0:
+                continue  # the reader does not follow this row
+            proj = self.pack.projections(rows[b].plan.reference, self.k)
+            if proj is None:
+                asked[b] = (ask(reader.ids[b], reader.state[b], list(columns)), None)
+                continue
+            now = ask(reader.ids[b], reader.state[b], proj.sources(columns, NAMED_PER_ROW))
+            before = None
+            if proj.heal and bool(reader.view(b, proj).has_prev[0]):
+                u = reader.ids[b][-1]
+                extending = proj.extension_sources(u, columns, NAMED_PER_ROW - 1)
+                before = ask(reader.ids[b][:-1], reader.prev[b], [u, *extending])
+            asked[b] = (now, before)
+        if not asked:
+            return
+        wider = member.named_scores(prefixes, SparseScores.stacked(sets), named)  # a served member's cache: its ids
+
+        def packed(i: int) -> torch.Tensor:
+            return torch.cat([wider.ids[i].to(wider.logprobs.dtype), wider.logprobs[i]])
+
+        for b, (now, before) in asked.items():
+            reader.rescored(b, packed(now), None if before is None else packed(before))
+            self.next[b] = self._row_scores(rows[b])[0]
 
     def _reading(self, row: Row) -> list[int]:
         """What the member reads for ``row`` now."""

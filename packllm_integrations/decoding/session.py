@@ -284,7 +284,7 @@ class Session:
         askers = [k for k, a in enumerate(self.aligners) if a.live and a.names_tokens and self._listened(k)]
         if not askers or len(self.members) < 2:
             return
-        n = max(int(self.aligners[k].next.ids.shape[-1]) for k in askers)
+        n = max(self.aligners[k].set_size() for k in askers)
         union = named_candidates(self.aligners, self.members, self.rows, self.config, n)
         if not union:
             return

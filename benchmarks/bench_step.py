@@ -1,0 +1,183 @@
+"""What a decoding step costs inside the pack against the members' own speed, measured in one run.
+
+Usage:
+    python benchmarks/bench_step.py [--tokens N] [--rounds R] [--out FILE] [--profile]
+
+For each member of the default pack on llama.cpp (its GGUF file as it is, the same threads):
+
+- **own loop**: llama-cpp-python's own greedy generation on the same file (``Llama.generate``
+  with ``temp=0``), the speed a llama.cpp user gets;
+- **backend step**: the member's ``step`` alone, greedy by ``argmax`` (what the pack asks of
+  llama.cpp, without the session);
+- **one-member pack**: ``PackEngine([member])``, a greedy session step (``choose`` + ``feed``).
+
+Then the default pack's fused greedy step against the sum of the members' own steps. Every
+measure is taken in rounds interleaved with the others (the machine is shared and noisy);
+the report gives the median of the rounds' per-step times, and the ratios of medians.
+Targets (the fast-by-default issue): a one-member pack >= 0.9x llama-cpp-python's own
+generation; a fused step <= 1.05x the sum of the members' own steps.
+
+``--profile`` adds where a one-member pack's step goes (cProfile, the largest cumulative
+entries of the session's own functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from packllm_integrations import DEFAULT_PACK, PackEngine, load_member  # noqa: E402
+from packllm_integrations.backends.llama_cpp import default_threads  # noqa: E402
+
+PROSE = (
+    "The history of the printing press begins in the fifteenth century, when movable type made books "
+    "cheaper to produce. Within a few decades, printers in many European cities were publishing"
+)
+
+
+def own_loop(llm, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per token of llama-cpp-python's own greedy loop, after its first token."""
+    tokens = llm.tokenize(PROSE.encode())
+    times = []
+    last = None
+    for i, _ in enumerate(llm.generate(tokens, temp=0.0, top_k=1, reset=True)):
+        now = time.perf_counter()
+        if i >= 1:
+            times.append(now - last)  # type: ignore[operator]
+        last = now
+        if i == n:
+            break
+    return statistics.median(times)
+
+
+def backend_step(member, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per ``member.step`` of one row, greedy by argmax, after a warm-up step."""
+    ids = member.encode(PROSE)
+    with torch.inference_mode():
+        done = member.prefill([ids])
+        t = int(done.last[0].argmax())
+        logits = member.step(done.cache, [t])
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            logits = member.step(done.cache, [int(logits[0].argmax())])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pack_step(engine: PackEngine, n: int) -> float:
+    """Seconds per greedy session step (choose + feed), prefill excluded, after a warm-up step."""
+    session = engine.session([PROSE], max_new_tokens=n + 2, temperature=0.0)
+    for _ in session.prefill():
+        pass
+    session.feed(session.choose())
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        session.feed(session.choose())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def profile(call: Callable[[], object], top: int = 25) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    call()
+    prof.disable()
+    stream = io.StringIO()
+    pstats.Stats(prof, stream=stream).sort_stats("tottime").print_stats(top)
+    return stream.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=48, help="steps timed per measure and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step.md"))
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    from llama_cpp import Llama
+
+    threads = default_threads()
+    members = []
+    for name in DEFAULT_PACK:
+        m = load_member(f"{name},backend=llama.cpp", progress=False)
+        m.eos_token_ids = frozenset()  # fixed-length runs
+        members.append(m)
+    own = {
+        m.name: Llama(model_path=str(m.path), n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False)
+        for m in members
+    }
+    singles = {m.name: PackEngine([m], progress=False) for m in members}
+    pack = PackEngine(members, progress=False)
+    pack.generate(PROSE, max_new_tokens=2)  # vocabulary maps and projections built outside the timing
+    times: dict[str, list[float]] = {}
+    started = time.perf_counter()
+    for r in range(args.rounds):
+        for m in members:
+            times.setdefault(f"own {m.name}", []).append(own_loop(own[m.name], args.tokens))
+            times.setdefault(f"backend {m.name}", []).append(backend_step(m, args.tokens))
+            times.setdefault(f"pack {m.name}", []).append(pack_step(singles[m.name], args.tokens))
+        times.setdefault("fused", []).append(pack_step(pack, args.tokens))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.1f}" for k, v in times.items()), flush=True)
+    elapsed = time.perf_counter() - started
+    med = {k: statistics.median(v) for k, v in times.items()}
+    load = os.getloadavg()
+    out = [
+        "# A decoding step inside the pack against the members' own",
+        "",
+        f"`python benchmarks/bench_step.py --tokens {args.tokens} --rounds {args.rounds}` in one run "
+        f"({elapsed / 60:.1f} min): the default pack on llama.cpp (each GGUF file as it is), {threads} threads "
+        f"everywhere, one prompt ({len(PROSE)} characters), greedy; medians of {args.rounds} interleaved rounds "
+        f"of {args.tokens} steps each (each round's own median). {platform.machine()}, "
+        f"{os.cpu_count()} cores, load average at the end {load[0]:.1f}.",
+        "",
+        "| member | llama-cpp-python's own loop, ms | backend step, ms | one-member pack, ms | "
+        "own / one-member pack (speed, target >= 0.9) | own / backend step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in members:
+        o, b, p = med[f"own {m.name}"], med[f"backend {m.name}"], med[f"pack {m.name}"]
+        out.append(f"| {m.name} | {o * 1000:.1f} | {b * 1000:.1f} | {p * 1000:.1f} | {o / p:.2f} | {o / b:.2f} |")
+    own_sum = sum(med[f"own {m.name}"] for m in members)
+    pack_sum = sum(med[f"pack {m.name}"] for m in members)
+    out += [
+        "",
+        "| fused step of the default pack | ms | / sum of own loops (target <= 1.05) | / sum of one-member packs |",
+        "|---|---|---|---|",
+        f"| {' + '.join(m.name for m in members)} | {med['fused'] * 1000:.1f} | {med['fused'] / own_sum:.2f} | "
+        f"{med['fused'] / pack_sum:.2f} |",
+        "",
+        "Every round (ms per step):",
+        "",
+        "```",
+        *(f"{k}: {', '.join(f'{x * 1000:.1f}' for x in v)}" for k, v in times.items()),
+        "```",
+    ]
+    if args.profile:
+        m = members[-1]
+        out += ["", f"## Where a one-member pack's step goes ({m.name}, cProfile, by own time)", "", "```"]
+        out += [profile(lambda: pack_step(singles[m.name], args.tokens)).strip(), "```"]
+        out += ["", "## Where the fused step goes (cProfile, by own time)", "", "```"]
+        out += [profile(lambda: pack_step(pack, args.tokens)).strip(), "```"]
+    text = "\n".join(out) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
