@@ -11,14 +11,16 @@ For each member of the default pack on llama.cpp (its GGUF file as it is, the sa
   llama.cpp, without the session);
 - **one-member pack**: ``PackEngine([member])``, a greedy session step (``choose`` + ``feed``).
 
-Then the default pack's fused greedy step against the sum of the members' own steps. Every
+Then the default pack's fused greedy step against the sum of the members' own steps: as the
+session steps it (llama.cpp members in lanes, one per core, each on its share of the cores:
+``decoding/stepping.py``) and one member after another on every core (``serial``). Every
 measure is taken in rounds interleaved with the others (the machine is shared and noisy);
 the report gives the median of the rounds' per-step times, and the ratios of medians.
 Targets (the fast-by-default issue): a one-member pack >= 0.9x llama-cpp-python's own
 generation; a fused step <= 1.05x the sum of the members' own steps.
 
-``--profile`` adds where a one-member pack's step goes (cProfile, the largest cumulative
-entries of the session's own functions).
+``--profile`` adds where a one-member pack's step and the serial fused step go (cProfile,
+by own time; session creation and prefill included).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from packllm_integrations import DEFAULT_PACK, PackEngine, load_member  # noqa: E402
 from packllm_integrations.backends.llama_cpp import default_threads  # noqa: E402
+from packllm_integrations.decoding import session as session_module  # noqa: E402
 
 PROSE = (
     "The history of the printing press begins in the fifteenth century, when movable type made books "
@@ -92,6 +95,16 @@ def pack_step(engine: PackEngine, n: int) -> float:
     return statistics.median(times)
 
 
+def serial_step(engine: PackEngine, n: int) -> float:
+    """:func:`pack_step` with every member stepped one after another on every core (no lanes)."""
+    cores = session_module.default_threads
+    session_module.default_threads = lambda: 1  # type: ignore[assignment]  # one core: no lanes
+    try:
+        return pack_step(engine, n)
+    finally:
+        session_module.default_threads = cores  # type: ignore[assignment]
+
+
 def profile(call: Callable[[], object], top: int = 25) -> str:
     prof = cProfile.Profile()
     prof.enable()
@@ -132,6 +145,7 @@ def main() -> None:
             times.setdefault(f"backend {m.name}", []).append(backend_step(m, args.tokens))
             times.setdefault(f"pack {m.name}", []).append(pack_step(singles[m.name], args.tokens))
         times.setdefault("fused", []).append(pack_step(pack, args.tokens))
+        times.setdefault("fused serial", []).append(serial_step(pack, args.tokens))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.1f}" for k, v in times.items()), flush=True)
     elapsed = time.perf_counter() - started
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -158,8 +172,11 @@ def main() -> None:
         "",
         "| fused step of the default pack | ms | / sum of own loops (target <= 1.05) | / sum of one-member packs |",
         "|---|---|---|---|",
-        f"| {' + '.join(m.name for m in members)} | {med['fused'] * 1000:.1f} | {med['fused'] / own_sum:.2f} | "
-        f"{med['fused'] / pack_sum:.2f} |",
+        *(
+            f"| {' + '.join(m.name for m in members)}{label} | {med[key] * 1000:.1f} | {med[key] / own_sum:.2f} | "
+            f"{med[key] / pack_sum:.2f} |"
+            for key, label in (("fused", ", in lanes (the default)"), ("fused serial", ", one after another"))
+        ),
         "",
         "Every round (ms per step):",
         "",
@@ -171,8 +188,9 @@ def main() -> None:
         m = members[-1]
         out += ["", f"## Where a one-member pack's step goes ({m.name}, cProfile, by own time)", "", "```"]
         out += [profile(lambda: pack_step(singles[m.name], args.tokens)).strip(), "```"]
-        out += ["", "## Where the fused step goes (cProfile, by own time)", "", "```"]
-        out += [profile(lambda: pack_step(pack, args.tokens)).strip(), "```"]
+        out += ["", "## Where the fused step goes, one member after another (cProfile, by own time)", ""]
+        out += ["(cProfile sees the calling thread only: the serial step keeps every member's work there.)", ""]
+        out += ["```", profile(lambda: serial_step(pack, args.tokens)).strip(), "```"]
     text = "\n".join(out) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

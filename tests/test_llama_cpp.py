@@ -8,6 +8,8 @@ is checked against fresh prefills. The real quantized models are in
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -96,9 +98,9 @@ def test_rows_that_share_a_prefix_read_it_once_and_equal_each_row_alone(cpp, mon
     read: list[int] = []
     decode = type(cpp.prefill([rows[3]]).cache.context).decode
 
-    def counting(self, items, checkpoint=None):
+    def counting(self, items, checkpoint=None, threads=None):
         read.append(len(items))
-        return decode(self, items, checkpoint)
+        return decode(self, items, checkpoint, threads)
 
     monkeypatch.setattr(type(cpp.prefill([rows[3]]).cache.context), "decode", counting)
     batch = cpp.prefill(rows, rollback=True)
@@ -186,3 +188,41 @@ def test_a_file_llama_cpp_cannot_read_is_a_load_error(tmp_path) -> None:
     bad.write_bytes(b"GGUF" + bytes(64))
     with pytest.raises(ModelLoadError, match="broken.gguf"):
         load_member(f"{bad},backend=llama.cpp", progress=False)
+
+
+def test_llama_cpp_members_step_in_lanes_on_a_share_of_the_cores(tiny_gguf, monkeypatch) -> None:
+    """Two llama.cpp members on two cores step at once, each in its own lane on one core; the
+    text is the same as one after another on both cores. One core, or a member whose
+    ``threads=`` is given, keeps them in the calling thread."""
+    from packllm_integrations.decoding import session as session_module
+
+    a = load_member(f"{tiny_gguf},backend=llama.cpp,name=a", progress=False)
+    b = load_member(f"{tiny_gguf},backend=llama.cpp,name=b", progress=False)
+    seen: dict[str, set[tuple[str, int]]] = {"a": set(), "b": set()}
+    for m in (a, b):
+        step = m.step
+
+        def recording(cache, ids, m=m, step=step):  # type: ignore[no-untyped-def]
+            out = step(cache, ids)
+            seen[m.name].add((threading.current_thread().name, cache.context.threads))
+            return out
+
+        monkeypatch.setattr(m, "step", recording)
+    prompts = ["The value of the", "def main(x):"]
+    texts = {}
+    for cores in (2, 1):
+        monkeypatch.setattr(session_module, "default_threads", lambda cores=cores: cores)
+        for s in seen.values():
+            s.clear()
+        engine = PackEngine([a, b], progress=False, max_new_tokens=12, weighting="uniform")
+        texts[cores] = [r.text for r in engine.generate_batch(prompts)]
+        if cores == 2:
+            threads = {name for s in seen.values() for name, _ in s}
+            assert len(threads) == 2 and threading.current_thread().name in threads
+            assert {n for s in seen.values() for _, n in s} == {1}  # each on one core
+        else:
+            assert {name for s in seen.values() for name, _ in s} == {threading.current_thread().name}
+            assert {n for s in seen.values() for _, n in s} == {a.threads}
+    assert texts[2] == texts[1] and all(texts[1])
+    pinned = load_member(f"{tiny_gguf},backend=llama.cpp,name=c,threads=1", progress=False)
+    assert a.splits_cores and not pinned.splits_cores

@@ -24,6 +24,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ class VocabMap:
     exact: int
     build_seconds: float = 0.0
 
-    @property
+    @cached_property
     def has_floor(self) -> bool:
         return bool((self.output == self.floor_index).any())
 

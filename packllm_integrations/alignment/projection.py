@@ -250,8 +250,9 @@ class Projection:
         shared = fallback.masked_fill(reached | free, -math.inf)
         share = out.sum(-1, keepdim=True).clamp(min=1e-30).log() + math.log(UNREACHED_SHARE)
         shared = shared - torch.logsumexp(shared, dim=-1, keepdim=True).clamp(min=-1e30) + share
-        free_values = fallback - self._free_shift.to(out.device)
-        return torch.where(reached, out.log(), torch.where(free, free_values, shared)), lp_last
+        scores = torch.where(free, fallback - self._free_shift.to(out.device), shared)
+        scores[reached] = out[reached].log()  # the log of the reached columns only (a minority)
+        return scores, lp_last
 
 
 def _logits(member: MemberBackend, states: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,9 @@ class MemberBackend(ABC):
     a GPU): the session then steps it in a thread, alongside the others."""
     sparse: bool = False
     """Whether the member's scores are top-k sets (:class:`SparseScores`) rather than logits."""
+    splits_cores: bool = False
+    """Whether :meth:`share_cores` sets how many cores the member's steps use (llama.cpp): the
+    session then steps several such members at once, each on its share of the cores."""
     names_tokens: bool = False
     """Whether :meth:`named_scores` asks for more than the member already gave (a server that
     returns the log-probabilities of tokens the caller names); a sparse member with it is
@@ -268,6 +271,10 @@ class MemberBackend(ABC):
     @abstractmethod
     def extend(self, cache: Any, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """Feed ``feeds[b]`` (one or more ids) to row b; the states [n_b, S] of the fed ids."""
+
+    def share_cores(self, threads: int | None) -> None:  # noqa: B027 (most backends cannot)
+        """Use ``threads`` cores for the next steps (None: the member's own number); prefill
+        keeps its own. Only for a member that :attr:`splits_cores`."""
 
     def named_scores(self, cache: Any, scores: Scores, named: Mapping[int, Sequence[int]]) -> Scores:
         """``scores`` (the next-token scores of every row of ``cache``) with row b's set holding

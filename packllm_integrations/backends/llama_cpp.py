@@ -69,6 +69,8 @@ class LlamaCppMember(MemberBackend):
         lib = library()
         self.name, self.path, self.tokenizer = name, Path(path), tokenizer
         self.threads = threads or default_threads()
+        self.splits_cores = threads is None  # threads= given: every step on that many (see share_cores)
+        self._step_threads = self.threads
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
         model = lib.llama_model_load_from_file(str(self.path).encode(), params)
@@ -147,17 +149,21 @@ class LlamaCppMember(MemberBackend):
         """The states are logits already."""
         return states.float()
 
+    def share_cores(self, threads: int | None) -> None:
+        """Steps (and ``extend``) use ``threads`` cores from now on; None: :attr:`threads`."""
+        self._step_threads = max(1, threads or self.threads)
+
     def step(self, cache: Cache, ids: Sequence[int]) -> torch.Tensor:
         """One id per row, all rows in one decode call; logits [B, W]."""
         items = [(seq, int(t), True) for seq, t in zip(cache.seqs, ids, strict=True)]
         with self._lock:
-            return torch.from_numpy(cache.context.decode(items))
+            return torch.from_numpy(cache.context.decode(items, threads=self._step_threads))
 
     def extend(self, cache: Cache, feeds: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """Several ids for some rows, in one decode call; each row's logits [n_b, W]."""
         items = [(cache.seqs[b], int(t), True) for b, fed in feeds.items() for t in fed]
         with self._lock:
-            logits = torch.from_numpy(cache.context.decode(items))
+            logits = torch.from_numpy(cache.context.decode(items, threads=self._step_threads))
         out, start = {}, 0
         for b, fed in feeds.items():
             out[b] = logits[start : start + len(fed)]

@@ -102,6 +102,7 @@ class Context:
         params.swa_full = True
         params.kv_unified = True
         params.no_perf = True
+        self.threads = m.threads
         ctx = lib.llama_init_from_model(m._model, params)
         if not ctx:
             raise PackLLMError(f"member {m.name!r}: llama.cpp could not make a context of {self.cells} cells")
@@ -142,10 +143,18 @@ class Context:
             self.decode([(seq, t, False) for t in ids])
 
     def decode(
-        self, items: Sequence[tuple[int, int, bool]], checkpoint: Callable[[], None] | None = None
+        self,
+        items: Sequence[tuple[int, int, bool]],
+        checkpoint: Callable[[], None] | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
-        """Feed ``(sequence, id, wants_logits)`` items in order; the logits [n_wanted, W] of the wanted ones."""
+        """Feed ``(sequence, id, wants_logits)`` items in order; the logits [n_wanted, W] of the
+        wanted ones, computed on ``threads`` cores (None: the member's ``threads``)."""
         m, lib = self.member, library()
+        threads = threads or m.threads
+        if threads != self.threads:
+            lib.llama_set_n_threads(self.ctx, threads, threads)
+            self.threads = threads
         width = m.logits_width
         wanted = sum(1 for item in items if item[2])
         out = np.empty((wanted, width), dtype=np.float32)

@@ -32,8 +32,10 @@ def bad_rows(scores: Scores) -> list[int]:
     [1, 2]
     """
     values = scores.logprobs if isinstance(scores, SparseScores) else scores
-    broken = (torch.isnan(values) | (values == math.inf)).any(-1) | ~torch.isfinite(values).any(-1)
-    return broken.nonzero().flatten().tolist()
+    if values.shape[-1] == 0:
+        return list(range(values.shape[0]))
+    top = values.max(dim=-1).values  # one pass: a NaN anywhere makes the max NaN
+    return (torch.isnan(top) | torch.isinf(top)).nonzero().flatten().tolist()
 
 
 def non_finite_members(nll: torch.Tensor | None) -> list[int]:

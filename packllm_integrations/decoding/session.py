@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..backends.llama_cpp_context import default_threads
 from ..config import GenerationConfig
 from ..errors import BackendError, GenerationTimeoutError, MemberError, PackLLMError
 from ..events import Event, FinishEvent, TextEvent, WeightsEvent
@@ -42,7 +43,7 @@ from .planning import PackView, Planned, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 from .rows import Row
 from .sampling import sample
-from .stepping import Stepper
+from .stepping import Stepper, cpu_lanes
 from .stopping import Detokenizer, StopMatcher
 
 __all__ = ["Session"]
@@ -80,6 +81,7 @@ class Session:
         self.aligners: list[Aligner] = []  # one per member, in pack order
         self.steps = 0  # tokens chosen so far (per row)
         self._stepper = Stepper(len(self.members))  # steps members that wait on a server or a GPU
+        self._lanes = cpu_lanes(self.members, default_threads())  # CPU members stepped at once
 
     def events(self) -> Iterator[Event]:
         """The whole request as events: weights per prompt, text pieces, then results."""
@@ -263,7 +265,10 @@ class Session:
         active = [k for k, a in enumerate(self.aligners) if a.live]
         self.pack.checkpoint()
         calls = {k: partial(self._guarded_step, k, tokens) for k in active}
-        outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent})
+        share = default_threads() // len(self._lanes) if self._lanes else None  # None: every core
+        for k in active:  # set each step: another pack may share the member
+            self.members[k].share_cores(share)
+        outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent}, self._lanes)
         self._settle(outcomes)
         self._name_candidates()
 
