@@ -19,6 +19,11 @@ the report gives the median of the rounds' per-step times, and the ratios of med
 Targets (the fast-by-default issue): a one-member pack >= 0.9x llama-cpp-python's own
 generation; a fused step <= 1.05x the sum of the members' own steps.
 
+``--prefill`` adds the prefill and weights of a prompt (49 and 512 tokens of prose) against
+the sum of the members' own prefills (every position's logits), natural alignment's prompt
+perplexities computed from each member's own distribution (as shipped) and from the
+projection's full scores (as before ``alignment/projected_nll.py``), in the same run.
+
 ``--profile`` adds where a one-member pack's step and the serial fused step go (cProfile,
 by own time; session creation and prefill included).
 """
@@ -105,6 +110,48 @@ def serial_step(engine: PackEngine, n: int) -> float:
         session_module.default_threads = cores  # type: ignore[assignment]
 
 
+def prefill_part(members: list, pack: PackEngine, rounds: int) -> list[str]:  # type: ignore[type-arg]
+    """Prefill + weights of the pack against the members' own prefills, both NLL paths."""
+    from packllm_integrations.decoding import fusion
+
+    def full_path(proj, member, states, targets):  # type: ignore[no-untyped-def]
+        scores = proj.scores(member, states)
+        return (torch.logsumexp(scores, -1) - scores.gather(-1, targets[:, None]).squeeze(-1)).double()
+
+    shipped = fusion.projected_nll
+    long_ids = members[0].encode((PROSE + " ") * 16)[:512]
+    texts = {"49 tokens": members[0].tokenizer.decode(members[0].encode(PROSE)[:49]), "512 tokens": None}
+    texts["512 tokens"] = members[0].tokenizer.decode(long_ids)
+    out = [
+        "",
+        "## Prefill and weights against the members' own prefills",
+        "",
+        "| prompt | members' own prefills, ms | pack prefill + sim weights, ms | ratio (target <= 1.3) | "
+        "with the full projected scores, ms | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, text in texts.items():
+        assert text is not None
+        own, new, old = [], [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for m in members:
+                m.prefill([m.encode(text)])
+            own.append(time.perf_counter() - t0)
+            for path, into in ((shipped, new), (full_path, old)):
+                fusion.projected_nll = path
+                session = pack.session([text], max_new_tokens=1)
+                t0 = time.perf_counter()
+                for _ in session.prefill():
+                    pass
+                into.append(time.perf_counter() - t0)
+            fusion.projected_nll = shipped
+        o, n, f = (statistics.median(x) for x in (own, new, old))
+        out.append(f"| {label} | {o * 1000:.0f} | {n * 1000:.0f} | {n / o:.2f} | {f * 1000:.0f} | {f / o:.2f} |")
+        print(out[-1], flush=True)
+    return out
+
+
 def profile(call: Callable[[], object], top: int = 25) -> str:
     prof = cProfile.Profile()
     prof.enable()
@@ -121,6 +168,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step.md"))
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--prefill", action="store_true", help="add prefill + weights against the members' prefills")
     args = parser.parse_args()
     from llama_cpp import Llama
 
@@ -184,6 +232,8 @@ def main() -> None:
         *(f"{k}: {', '.join(f'{x * 1000:.1f}' for x in v)}" for k, v in times.items()),
         "```",
     ]
+    if args.prefill:
+        out += prefill_part(members, pack, args.rounds)
     if args.profile:
         m = members[-1]
         out += ["", f"## Where a one-member pack's step goes ({m.name}, cProfile, by own time)", "", "```"]

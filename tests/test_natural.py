@@ -10,6 +10,7 @@ import torch
 
 from packllm_integrations import ConfigError, Member, PackEngine, TextEvent
 from packllm_integrations.alignment.natural import BatchReader, natural_states, start_ids, token_ends
+from packllm_integrations.alignment.projected_nll import projected_nll
 from packllm_integrations.alignment.projection import NaturalStates, Projection
 from packllm_integrations.alignment.vocabulary import token_bytes
 
@@ -374,3 +375,30 @@ def test_projection_matches_an_explicit_sum_over_member_tokens(
     mass = float(expected.sum()) * 0.01
     want = fallback[shared] - torch.logsumexp(fallback[shared], 0) + math.log(mass)
     torch.testing.assert_close(got[shared], want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_a_members_projected_nll_needs_no_full_scores_and_equals_them(
+    ref: str, other: str, request: pytest.FixtureRequest
+) -> None:
+    """Every column of the reference vocabulary (reached, free and shared ones) as the target
+    at every position of a text, with and without healing: the NLL from the member's own
+    distribution equals the log-softmax of the projection's full scores."""
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    proj = Projection(r, m, PackEngine([r, m]).vocab_map(0, 1))
+    text = "def tokenize(text):\n    return text.split()  # the words"
+    ends = token_ends(r, text)
+    states = natural_states(m, text, ends[:-1], None, proj)
+    states.has_prev[::2] = False  # every other position read without healing
+    assert bool(states.has_prev.any())
+    n, vocab = len(states), r.vocab_size
+    index = torch.arange(n).repeat_interleave(vocab)
+    every = NaturalStates(states.last[index], states.prev[index], states.last_ids[index], states.has_prev[index], proj)
+    targets = torch.arange(vocab).repeat(n)
+    full = proj.scores(m, states)  # [n, V]
+    want = (torch.logsumexp(full, -1, keepdim=True) - full).double().flatten()
+    got = projected_nll(proj, m, every, targets)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-5)
+    kinds = proj._free[targets]  # free columns were among the targets, and shared ones
+    assert bool(kinds.any()) and not bool(kinds.all())

@@ -170,17 +170,10 @@ class Projection:
         for these to score the columns (the other members' candidates) from its own
         log-probabilities.
         """
-        if self._sources is None:
-            by_column: dict[int, list[int]] = {}
-            for t, v in zip(self._src.tolist(), self._dst.tolist(), strict=True):
-                by_column.setdefault(v, []).append(t)
-            for ids in by_column.values():
-                ids.sort(key=lambda t: (len(self._bytes[t]), t))
-            self._sources = by_column
         width = len(self._bytes)
         mined = self.vmap.output
         # a column no token reaches takes its share through its MinED token (see the class docstring)
-        lists = [self._sources.get(int(c)) or [t for t in [int(mined[c])] if t < width] for c in columns]
+        lists = [self.column_sources(int(c)) or [t for t in [int(mined[c])] if t < width] for c in columns]
         out: dict[int, None] = {}  # ordered, each token once (a MinED token may also reach a column)
         for depth in range(max((len(ids) for ids in lists), default=0)):
             for ids in lists:
@@ -189,6 +182,17 @@ class Projection:
                     if len(out) == most:
                         return list(out)
         return list(out)
+
+    def column_sources(self, column: int) -> list[int]:
+        """The member tokens the partition sends to reference ``column``, shortest first."""
+        if self._sources is None:
+            by_column: dict[int, list[int]] = {}
+            for t, v in zip(self._src.tolist(), self._dst.tolist(), strict=True):
+                by_column.setdefault(v, []).append(t)
+            for ids in by_column.values():
+                ids.sort(key=lambda t: (len(self._bytes[t]), t))
+            self._sources = by_column
+        return self._sources.get(column, [])
 
     def extension_sources(self, token: int, columns: Sequence[int], most: int) -> list[int]:
         """Member tokens extending ``token`` whose remaining bytes the healing sends to the

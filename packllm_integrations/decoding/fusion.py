@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..alignment.mined import VocabMap
+from ..alignment.projected_nll import projected_nll
 from ..alignment.projection import NaturalStates
 from ..backends.base import MemberBackend, Scores, dense
 from ..config import GenerationConfig
@@ -95,6 +96,8 @@ def nll_per_token(
     vocab: int,
 ) -> torch.Tensor:
     """Negative log-likelihoods [T] (float64) of ``targets`` [T] given states [T, ...], in chunks."""
+    if isinstance(states, NaturalStates) and states.projection is not None:  # without the [T, V] scores
+        return projected_nll(states.projection, member, states, targets.cpu())
     out = []
     for start in range(0, states.shape[0], _CHUNK):
         logits = reference_scores(member, states[start : start + _CHUNK], vmap, vocab)
