@@ -201,7 +201,8 @@ def main() -> None:
     out = [
         "# A decoding step inside the pack against the members' own",
         "",
-        f"`python benchmarks/bench_step.py --tokens {args.tokens} --rounds {args.rounds}` in one run "
+        f"`python benchmarks/bench_step.py --tokens {args.tokens} --rounds {args.rounds}"
+        f"{' --prefill' if args.prefill else ''}{' --profile' if args.profile else ''}` in one run "
         f"({elapsed / 60:.1f} min): the default pack on llama.cpp (each GGUF file as it is), {threads} threads "
         f"everywhere, one prompt ({len(PROSE)} characters), greedy; medians of {args.rounds} interleaved rounds "
         f"of {args.tokens} steps each (each round's own median). {platform.machine()}, "
