@@ -100,6 +100,7 @@ def projected_nll(
     shared_mass = pf @ t.shared_count  # [N] (float32: it only matters for a shared target)
     heal = states.has_prev.tolist() if proj.heal else [False] * len(states)
     prev_rows = [i for i, h in enumerate(heal) if h]
+    prev_at = {i: j for j, i in enumerate(prev_rows)}  # position -> its row of lp_prev
     lp_prev = None
     if prev_rows:
         lp_prev = (
@@ -116,7 +117,7 @@ def projected_nll(
         total, free, shared = float(part[i]), float(free_mass[i]), float(shared_mass[i])
         ext_to_y = 0.0
         if heal[i]:
-            j = prev_rows.index(i)
+            j = prev_at[i]
             u = int(states.last_ids[i])
             log_scale = float(lp_prev[j, u])  # type: ignore[index]
             scale = math.exp(log_scale)
