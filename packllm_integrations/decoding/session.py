@@ -81,7 +81,9 @@ class Session:
         self.aligners: list[Aligner] = []  # one per member, in pack order
         self.steps = 0  # tokens chosen so far (per row)
         self._stepper = Stepper(len(self.members))  # steps members that wait on a server or a GPU
-        self._lanes = cpu_lanes(self.members, default_threads())  # CPU members stepped at once
+        cores = default_threads()
+        self._lanes = cpu_lanes(self.members, cores)  # CPU members stepped at once
+        self._share = cores // len(self._lanes) if self._lanes else None  # cores a lane's step uses (None: all)
 
     def events(self) -> Iterator[Event]:
         """The whole request as events: weights per prompt, text pieces, then results."""
@@ -265,9 +267,8 @@ class Session:
         active = [k for k, a in enumerate(self.aligners) if a.live]
         self.pack.checkpoint()
         calls = {k: partial(self._guarded_step, k, tokens) for k in active}
-        share = default_threads() // len(self._lanes) if self._lanes else None  # None: every core
         for k in active:  # set each step: another pack may share the member
-            self.members[k].share_cores(share)
+            self.members[k].share_cores(self._share)
         outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent}, self._lanes)
         self._settle(outcomes)
         self._name_candidates()
