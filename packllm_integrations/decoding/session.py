@@ -126,6 +126,8 @@ class Session:
 
     @torch.inference_mode()
     def _prefill(self) -> list[WeightsEvent]:
+        for m in self.members:  # prefill steps no member beside another: every core (a lane may have left fewer)
+            m.share_cores(None)
         cfg = self.config
         natural = cfg.alignment == "natural"
         planned = plan_prompts(
