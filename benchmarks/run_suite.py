@@ -10,6 +10,11 @@ alone (paired bootstrap interval, McNemar's exact test) and times each run.
     python benchmarks/run_suite.py --pack default                 # the whole suite (hours)
     python benchmarks/run_suite.py --pack coder --limit 3         # a smoke run: 3 items per task
     python benchmarks/run_suite.py --pack three-tokenizer --method sim --method opt --method 'mined:sim,alignment=mined'
+    python benchmarks/run_suite.py --pack default --merge OUT/medmcqa OUT/analogies   # join runs
+
+A whole run takes hours; running a few tasks per process (``--out`` a folder each) and joining
+their ``suite.json`` with ``--merge`` keeps a crash from losing more than one part, and lets one
+task get a method the others did not.
 
 Packs: ``default`` (the default pack), ``coder`` (Qwen2.5-Coder 1.5B + 0.5B: one tokenizer,
 unequal members), ``three-tokenizer`` (Qwen2.5-Coder 1.5B + Gemma-3 270M + SmolLM2 135M).
@@ -30,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from packllm_integrations import DEFAULT_PACK, Constraint, GenerationConfig, PackEngine  # noqa: E402
 from packllm_integrations.eval.generation import GenerationTask, Outcome  # noqa: E402
+from packllm_integrations.eval.results import EvalReport  # noqa: E402
 from packllm_integrations.eval.suite import DEFAULT_TASKS, build_tasks, parse_methods, register_task, run_suite  # noqa: E402
 from packllm_integrations.eval.suite_report import render_suite, write_suite  # noqa: E402
 
@@ -130,6 +136,28 @@ register_task("extraction", _extraction, "50 JSON extraction pairs under their s
 register_task("agents", _agents, "10 tool-calling agent tasks (LangChain loop): right calls and answer")
 
 
+def merged(folders: list[Path]) -> EvalReport:
+    """One report from several runs' ``suite.json``: their tasks, a task's methods joined across runs."""
+    reports = []
+    for folder in folders:
+        path = folder / "suite.json" if folder.is_dir() else folder
+        if not path.is_file():
+            raise SystemExit(f"--merge: {folder} holds no suite.json")
+        reports.append(EvalReport.load(path))
+    report = EvalReport.merge(reports)
+    parts = [r.settings for r in reports]
+    report.settings = {
+        "suite": True,
+        "pack": parts[0].get("pack"),
+        "backend": parts[0].get("backend"),
+        "seconds": round(sum(p.get("seconds", 0.0) for p in parts), 1),
+        "configs": {name: c for p in parts for name, c in p.get("configs", {}).items()},
+        "commands": [p.get("command") for p in parts],
+        "parts": parts,
+    }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pack", choices=PACKS, default="default")
@@ -142,7 +170,16 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, help="output folder (default: benchmarks/results/suite-<pack>)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="FOLDER", help="join earlier runs' suite.json into --out; runs nothing"
+    )
     args = parser.parse_args()
+    out = args.out or HERE / "results" / f"suite-{args.pack}"
+    if args.merge:
+        report = merged(args.merge)
+        for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed):
+            print(f"wrote {path}", file=sys.stderr)
+        return
     tasks = build_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], limit=args.limit, seed=args.seed)
     if args.max_new_tokens:
         tasks = [
@@ -157,7 +194,6 @@ def main() -> None:
     report = run_suite(engine, tasks, methods, progress=not args.quiet)
     report.settings.update({"pack": args.pack, "backend": args.backend, "load_seconds": round(loaded, 1)})
     report.settings["command"] = " ".join(["python", "benchmarks/run_suite.py", *sys.argv[1:]])
-    out = args.out or HERE / "results" / f"suite-{args.pack}"
     for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed):
         print(f"wrote {path}", file=sys.stderr)
     print(render_suite(report, resamples=args.resamples, seed=args.seed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from packllm_integrations.eval import (
     EvalReport,
     Method,
     MultipleChoiceTask,
+    TaskResult,
     evaluate,
     load_task_file,
     standard_methods,
@@ -198,6 +200,21 @@ def test_report_round_trip_and_merge(tmp_path, report, engine):
     assert [t.task for t in merged.tasks] == ["eval_mc", "eval_text"] and merged.method_names == report.method_names
     with pytest.raises(ConfigError, match="distinct task names"):
         EvalReport.merge([first, first])
+    # One task run twice, each run with some of the methods: the merge holds all of them, as one run would.
+    whole = report.tasks[0]
+    halves = []
+    for names in (report.method_names[:1], report.method_names[1:]):
+        part = TaskResult.from_dict(asdict(whole))
+        for table in ("scores", "per_item", "weights", "method_seconds"):
+            setattr(part, table, {k: v for k, v in getattr(whole, table).items() if k in names})
+        halves.append(EvalReport(report.members, [m for m in report.methods if m["name"] in names], [part]))
+    joined = EvalReport.merge(halves).task(whole.task)
+    assert joined.scores == whole.scores and joined.per_item == whole.per_item and joined.weights == whole.weights
+    assert EvalReport.merge(halves).method_names == report.method_names
+    other = TaskResult.from_dict(asdict(halves[1].tasks[0]))
+    other.items += 1
+    with pytest.raises(ConfigError, match="same items"):
+        EvalReport.merge([halves[0], EvalReport(report.members, halves[1].methods, [other])])
     with pytest.raises(ConfigError, match="same members"):
         EvalReport.merge([first, EvalReport(["other"], report.methods, [report.tasks[1]])])
 

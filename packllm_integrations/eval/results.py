@@ -52,6 +52,29 @@ class TaskResult:
     outputs: dict[str, list[str]] = field(default_factory=dict)
     details: dict[str, list[str]] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        """A copy built from :func:`dataclasses.asdict` of a result (or its JSON)."""
+        return cls(**json.loads(json.dumps(data)))
+
+    def join(self, other: TaskResult) -> TaskResult:
+        """Add ``other``'s methods (the same task, items and answers, no method twice); returns self."""
+
+        def key(t: TaskResult) -> tuple[Any, ...]:
+            return t.task, t.kind, t.metric, t.items, t.answers
+
+        if key(self) != key(other):
+            raise ConfigError("reports", f"{self.task} / {other.task}", "runs of one task over the same items")
+        twice = sorted(set(self.scores) & set(other.scores))
+        if twice:
+            raise ConfigError("reports", f"{self.task}: {', '.join(twice)}", "distinct task names or distinct methods")
+        for name in ("scores", "per_item", "weights", "method_seconds", "outputs", "details"):
+            getattr(self, name).update(getattr(other, name))
+        if not self.references and other.references:
+            self.references, self.perplexity = other.references, other.perplexity
+        self.seconds = round(self.seconds + other.seconds, 1)
+        return self
+
     def best(self) -> str:
         """The method with the best score (ties: the first in column order)."""
         sign = -1.0 if self.higher_is_better else 1.0
@@ -98,7 +121,7 @@ class EvalReport:
         return cls(
             members=list(data["members"]),
             methods=list(data["methods"]),
-            tasks=[TaskResult(**t) for t in data["tasks"]],
+            tasks=[TaskResult.from_dict(t) for t in data["tasks"]],
             settings=dict(data.get("settings", {})),
         )
 
@@ -119,6 +142,8 @@ class EvalReport:
         """One report holding the tasks of several runs over the same members.
 
         Methods keep the first run's order; a method missing from a run has no score there.
+        A task in several runs (the same items, each run with other methods) gets every
+        run's methods; the same method twice on one task is an error.
         """
         if not reports:
             raise ConfigError("reports", [], "at least one report")
@@ -128,8 +153,10 @@ class EvalReport:
             if report.members != members:
                 raise ConfigError("reports", report.members, f"reports over the same members ({', '.join(members)})")
             methods += [m for m in report.methods if m["name"] not in {x["name"] for x in methods}]
-        tasks = [t for r in reports for t in r.tasks]
-        names = [t.task for t in tasks]
-        if len(set(names)) != len(names):
-            raise ConfigError("reports", names, "reports with distinct task names")
-        return cls(members, methods, tasks, {"merged": [r.settings for r in reports]})
+        tasks: dict[str, TaskResult] = {}
+        for task in (t for r in reports for t in r.tasks):
+            if task.task in tasks:
+                tasks[task.task].join(task)
+            else:
+                tasks[task.task] = TaskResult.from_dict(asdict(task))
+        return cls(members, methods, list(tasks.values()), {"merged": [r.settings for r in reports]})

@@ -162,7 +162,7 @@ def run_suite(
                     one = evaluate(engine, [task], [m], batch_size=batch_size, progress=False, reuse=False).tasks[0]
                     one.item_weights = _item_weights(task)
                 one.method_seconds = {m.name: round(time.perf_counter() - t0, 4)}
-                result = one if result is None else _merge(result, one)
+                result = one if result is None else result.join(one)
                 bar.update(1)
             if result is None:  # no method applies to this task
                 continue
@@ -192,19 +192,6 @@ def _config_dict(config: GenerationConfig) -> dict[str, Any]:
         if value != getattr(base, f.name):
             out[f.name] = list(value) if isinstance(value, tuple) else value if f.name != "constraint" else str(value)
     return out
-
-
-def _merge(into: TaskResult, one: TaskResult) -> TaskResult:
-    """``one``'s method added to ``into`` (same task)."""
-    into.scores.update(one.scores)
-    into.per_item.update(one.per_item)
-    into.weights.update(one.weights)
-    into.outputs.update(one.outputs)
-    into.details.update(one.details)
-    into.method_seconds.update(one.method_seconds)
-    if not into.references and one.references:
-        into.references, into.perplexity = one.references, one.perplexity
-    return into
 
 
 def pool_text_results(name: str, parts: Sequence[TaskResult]) -> TaskResult:

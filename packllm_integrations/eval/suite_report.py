@@ -103,6 +103,9 @@ def render_suite(
     seconds = report.settings.get("seconds")
     if seconds is not None:
         lines += ["", f"Whole run: {seconds:,.0f} s wall time."]
+    commands = report.settings.get("commands") or [report.settings.get("command")]
+    if any(commands):
+        lines += ["", "Command" + ("s:" if len(commands) > 1 else ":"), ""] + [f"    {c}" for c in commands if c]
     return "\n".join(lines) + "\n"
 
 
