@@ -11,6 +11,7 @@ import torch
 from packllm_integrations import ConfigError, Member, PackEngine, TextEvent
 from packllm_integrations.alignment.natural import BatchReader, natural_states, start_ids, token_ends
 from packllm_integrations.alignment.projected_nll import projected_nll
+from packllm_integrations.alignment.projected_scores import projected_scores
 from packllm_integrations.alignment.projection import NaturalStates, Projection
 from packllm_integrations.alignment.vocabulary import token_bytes
 
@@ -402,3 +403,31 @@ def test_a_members_projected_nll_needs_no_full_scores_and_equals_them(
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-5)
     kinds = proj._free[targets]  # free columns were among the targets, and shared ones
     assert bool(kinds.any()) and not bool(kinds.all())
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_projected_scores_written_by_kind_equal_the_full_scores(
+    ref: str, other: str, request: pytest.FixtureRequest
+) -> None:
+    """The scores decoding uses (each kind of column written once) equal the full projection's,
+    at positions with and without healing, and where a reachable column's probability rounds
+    to 0 (sharpened states), where the full scores count it as unreached."""
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    proj = Projection(r, m, PackEngine([r, m]).vocab_map(0, 1))
+    text = "def tokenize(text):\n    return text.split()  # the words, naïve café"
+    states = natural_states(m, text, token_ends(r, text)[:-1], None, proj)
+    states.has_prev[::3] = False
+    assert bool(states.has_prev.any()) and proj.heal
+    healed = [int(u) for u, h in zip(states.last_ids, states.has_prev, strict=True) if h]
+    assert any(proj.extensions(u)[0].numel() for u in healed), "some cut token should have extensions"
+    for case in (states, NaturalStates(states.last * 400, states.prev * 400, states.last_ids, states.has_prev, proj)):
+        want, want_lp = proj.scores_and_logprobs(m, case)
+        got, got_lp = projected_scores(proj, m, case)
+        assert got.shape == want.shape and torch.equal(got_lp, want_lp)
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-5)
+    p = torch.softmax(m.scores(case.last).float(), -1).index_select(1, proj._src)
+    columns = torch.zeros(len(case), r.vocab_size).index_add_(1, proj._dst, p)[:, proj._dst.unique()]
+    assert bool((columns == 0).any()), "the sharpened states should round some reachable column to 0"

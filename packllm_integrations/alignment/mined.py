@@ -69,10 +69,14 @@ class VocabMap:
 
     def member_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Member logits [..., W] as reference-vocabulary logits [..., V_ref]."""
-        if self.has_floor:
-            floor = logits.min(dim=-1, keepdim=True).values
-            logits = torch.cat([logits[..., : self.floor_index], floor], dim=-1)
-        return logits.index_select(-1, self.output)
+        return self.with_floor(logits).index_select(-1, self.output)
+
+    def with_floor(self, logits: torch.Tensor) -> torch.Tensor:
+        """Member logits [..., W], and where ``output`` uses it, the floor (their minimum) at ``floor_index``."""
+        if not self.has_floor:
+            return logits
+        floor = logits.min(dim=-1, keepdim=True).values
+        return torch.cat([logits[..., : self.floor_index], floor], dim=-1)
 
 
 # ---- MinED ---------------------------------------------------------------------------------

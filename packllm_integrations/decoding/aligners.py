@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from ..alignment.natural import BatchReader, natural_states, token_ends
+from ..alignment.projected_scores import projected_scores
 from ..alignment.projection import NaturalStates
 from ..backends.base import Scores, SparseScores
 from .faults import bad_rows, prefill_faults
@@ -286,7 +287,7 @@ class Natural(Aligner):
         if proj is None:
             scores = in_reference(m, m.scores(reader.state[b][None]), None, self.pack.members[r].vocab_size)
         else:
-            scores, logprobs = proj.scores_and_logprobs(m, reader.view(b, proj))
+            scores, logprobs = projected_scores(proj, m, reader.view(b, proj))
             reader.last_logprobs[b] = logprobs[0]
         if scores.shape[-1] < self._width:
             scores = torch.cat([scores, scores.new_full((1, self._width - scores.shape[-1]), -math.inf)], dim=-1)

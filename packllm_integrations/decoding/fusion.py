@@ -35,6 +35,7 @@ import torch
 
 from ..alignment.mined import VocabMap
 from ..alignment.projected_nll import projected_nll
+from ..alignment.projected_scores import projected_scores
 from ..alignment.projection import NaturalStates
 from ..backends.base import MemberBackend, Scores, dense
 from ..config import GenerationConfig
@@ -63,7 +64,7 @@ def reference_scores(
     :class:`NaturalStates` (natural alignment) go through their projection."""
     if isinstance(states, NaturalStates):
         if states.projection is not None:
-            return states.projection.scores(member, states)
+            return projected_scores(states.projection, member, states)[0]
         states = states.last
     return in_reference(member, member.scores(states), vmap, vocab)
 
