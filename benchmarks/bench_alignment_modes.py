@@ -103,13 +103,16 @@ def main() -> None:
         "--packs", default="pairs,three", help="which packs: pairs (each cross-tokenizer pair), three (all three)"
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "alignment_modes.md")
+    parser.add_argument(
+        "--backend", default="transformers", help="members' backend: transformers (float32, the default) or llama.cpp"
+    )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not parts or parts - {"bpb", "decode", "maps"}:
         raise SystemExit(f"--parts {args.parts!r}: expected a comma-separated subset of bpb, decode, maps")
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
-    members = {name: load_member(f"{name},backend=transformers", progress=False) for name in DEFAULT_PACK}
+    members = {name: load_member(f"{name},backend={args.backend}", progress=False) for name in DEFAULT_PACK}
     data = texts(args.quick)
     names, cfgs = configs()
     chosen = {p.strip() for p in args.packs.split(",") if p.strip()}
@@ -123,7 +126,8 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
         f"{args.threads}; produced by `python benchmarks/bench_alignment_modes.py{' --quick' if args.quick else ''}"
-        f" --parts {','.join(sorted(parts))} --packs {','.join(sorted(chosen))}`. "
+        f" --parts {','.join(sorted(parts))} --packs {','.join(sorted(chosen))} --backend {args.backend}`"
+        f" ({args.backend} members). "
         "Bits per byte: total negative log-likelihood in bits of the text after its first line, over its UTF-8 "
         "bytes (lower is better); weights computed on the first line; reference member chosen per text by the "
         "lowest own-tokenization perplexity on the first line.",

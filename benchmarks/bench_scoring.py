@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/bench_scoring.py [--items 6] [--tasks medmcqa,logiqa,socialiqa] [--out FILE]
+    python benchmarks/bench_scoring.py --cost [--items 6] [--rounds 2]   # every weighting and rule, as shipped
 
 The suite's multiple-choice tasks score every option as its own (context, option) pair, so a
 question's context is read once per option. Two things now read it once per question, and
@@ -21,6 +22,11 @@ of its own), and whether every predicted option is the same. Methods: each membe
 pack), the pack's defaults (``sim``, natural alignment) and ``fusion="sequence"`` with own
 scoring. The members' forward passes alone are the members-alone rows: the last column puts
 each pack method's time over their sum.
+
+``--cost`` measures only the package as shipped, for every weighting (``sim``, ``opt``,
+``uniform``) and fusion rule (``union``, ``gated``, ``contrastive``, ``sequence``): each
+method's time over the members' forward passes on the same pairs, in interleaved rounds
+(the median round), written to ``results/scoring_cost.md``.
 """
 
 from __future__ import annotations
@@ -70,10 +76,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=6, help="questions per task")
     parser.add_argument("--tasks", default="medmcqa,logiqa,socialiqa")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "scoring.md")
+    parser.add_argument("--out", type=Path, help="default: results/scoring.md (results/scoring_cost.md with --cost)")
+    parser.add_argument("--cost", action="store_true", help="every weighting and rule against the members, as shipped")
+    parser.add_argument("--rounds", type=int, default=2, help="with --cost: interleaved rounds (the median is kept)")
     args = parser.parse_args()
     tasks = build_tasks(args.tasks.split(","), limit=args.items, seed=0)
     pack = PackEngine.from_models([f"{n},backend=llama.cpp" for n in DEFAULT_PACK], progress=False)
+    if args.cost:
+        cost(pack, tasks, args)
+        return
+    args.out = args.out or HERE / "results" / "scoring.md"
     methods: list[tuple[str, PackEngine, dict]] = [(m.name, PackEngine([m], progress=False), {}) for m in pack.members]
     methods += [("pack (sim, natural)", pack, {}), ("sequence (own)", pack, {"fusion": "sequence", "scoring": "own"})]
     warm = tasks[0].pairs()[:2]
@@ -119,6 +131,61 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+COST_METHODS = {
+    "sim (the default)": {},
+    "opt": {"weighting": "opt"},
+    "uniform": {"weighting": "uniform"},
+    "union": {"fusion": "union"},
+    "gated": {"fusion": "gated"},
+    "contrastive": {"fusion": "contrastive"},
+    "sequence (own)": {"fusion": "sequence", "scoring": "own"},
+}
+
+
+def cost(pack: PackEngine, tasks: list, args: argparse.Namespace) -> None:
+    """Each weighting and rule against the members' own passes over the same pairs (--cost)."""
+    solos = [(m.name, PackEngine([m], progress=False)) for m in pack.members]
+    warm = tasks[0].pairs()[:2]
+    for _, solo in solos:
+        solo.score(warm)
+    for settings in COST_METHODS.values():
+        pack.score(warm, **settings)
+    lines = [
+        "# Scoring multiple-choice options: every weighting and fusion rule against the members",
+        "",
+        f"`python benchmarks/bench_scoring.py --cost --items {args.items} --tasks {args.tasks} --rounds "
+        f"{args.rounds}`; default pack on llama.cpp, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"Python {platform.python_version()}. Each task's pairs scored in batches of {BATCH} by each member alone "
+        "(a one-member pack: its forward passes) and by the pack under each setting; rounds interleaved, each "
+        "time the median over rounds. Ratio: the setting's time over the sum of the members' (target <= 1.5).",
+        "",
+        "| task | pairs | members' sum s | " + " | ".join(COST_METHODS) + " |",
+        "|---|---:|---:|" + "---:|" * len(COST_METHODS),
+    ]
+    print("\n".join(lines), flush=True)
+    totals = dict.fromkeys(["members", *COST_METHODS], 0.0)
+    for task in tasks:
+        pairs = task.pairs()
+        rounds: dict[str, list[float]] = {name: [] for name in ["members", *COST_METHODS]}
+        for _ in range(args.rounds):
+            rounds["members"].append(sum(timed(solo, pairs, {})[0] for _, solo in solos))
+            for name, settings in COST_METHODS.items():
+                rounds[name].append(timed(pack, pairs, settings)[0])
+        median = {name: sorted(t)[len(t) // 2] for name, t in rounds.items()}
+        for name, t in median.items():
+            totals[name] += t
+        cells = " | ".join(f"{median[n]:.1f} s, {median[n] / median['members']:.2f}x" for n in COST_METHODS)
+        lines.append(f"| {task.name} | {len(pairs)} | {median['members']:.1f} | {cells} |")
+        print(lines[-1], flush=True)
+    cells = " | ".join(f"**{totals[n] / totals['members']:.2f}x**" for n in COST_METHODS)
+    lines.append(f"| all | | {totals['members']:.1f} | {cells} |")
+    print(lines[-1], flush=True)
+    out = args.out or HERE / "results" / "scoring_cost.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def _largest(a: list[ScoreResult], b: list[ScoreResult]) -> float:
