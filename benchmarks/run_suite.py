@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: benchmarks/results/suite-<pack>)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
+        "--no-members", action="store_true", help="pack methods only (to --merge into a run that has the members)"
+    )
+    parser.add_argument(
         "--merge", nargs="+", type=Path, metavar="FOLDER", help="join earlier runs' suite.json into --out; runs nothing"
     )
     args = parser.parse_args()
@@ -190,7 +193,7 @@ def main() -> None:
     start = time.perf_counter()
     engine = PackEngine.from_models(specs, progress=not args.quiet)
     loaded = time.perf_counter() - start
-    methods = parse_methods(engine, args.method or ["pack", "sim", "opt"])
+    methods = parse_methods(engine, args.method or ["pack", "sim", "opt"], members=not args.no_members)
     report = run_suite(engine, tasks, methods, progress=not args.quiet)
     report.settings.update({"pack": args.pack, "backend": args.backend, "load_seconds": round(loaded, 1)})
     report.settings["command"] = " ".join(["python", "benchmarks/run_suite.py", *sys.argv[1:]])
