@@ -49,6 +49,12 @@ def _pack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, help=f"temperature of sim weighting (default {_DEFAULTS.tau})")
     parser.add_argument("--reference", help="member whose vocabulary is used (default: lowest prompt perplexity)")
     parser.add_argument(
+        "--reference-by",
+        choices=("token", "byte"),
+        help=f"without --reference, choose it by the lowest perplexity per token or per byte (default: "
+        f"{_DEFAULTS.reference_by})",
+    )
+    parser.add_argument(
         "--scoring",
         choices=("reference", "own"),
         help="members with other tokenizers score the prompt on the reference's translated tokens (reference) "

@@ -76,6 +76,12 @@ class GenerationConfig:
         "Member whose vocabulary the fused distribution uses; None: per prompt, the member with the lowest "
         "prompt perplexity (the authors' rule).",
     )
+    reference_by: str = _setting(
+        "token",
+        "With reference=None, how each prompt's reference member is chosen: 'token' (the authors' rule: the "
+        "lowest perplexity per token of its own tokenization) or 'byte' (the lowest negative log-likelihood per "
+        "UTF-8 byte, which does not favour a tokenizer that cuts the text into more, easier tokens).",
+    )
     scoring: str = _setting(
         "reference",
         "How members with different tokenizers are scored on the prompt: 'reference' (the authors' way: every "
@@ -170,6 +176,8 @@ class GenerationConfig:
             raise ConfigError("weighting", self.weighting, "'fixed' when weights are given")
         if self.scoring not in ("reference", "own"):
             raise ConfigError("scoring", self.scoring, "'reference' or 'own'")
+        if self.reference_by not in ("token", "byte"):
+            raise ConfigError("reference_by", self.reference_by, "'token' or 'byte'")
         if self.alignment not in ("mined", "natural"):
             raise ConfigError("alignment", self.alignment, "'mined' or 'natural'")
         if self.fusion not in FUSIONS:

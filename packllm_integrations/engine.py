@@ -308,10 +308,11 @@ class PackEngine:
             contexts.append(ctx)
             texts.append([c + pair[1] for c in ctx])
         checked = [self._checked(c) for c in configs]
-        refs = {self._reference_index(c) for c in checked}
+        refs = {(self._reference_index(c), c.reference_by) for c in checked}
         if len(refs) != 1:
-            raise ConfigError("configs", [c.reference for c in checked], "configs that share one reference setting")
-        return score_continuations(self._pack, texts, contexts, checked, refs.pop(), weights_on)
+            shown = [(c.reference, c.reference_by) for c in checked]
+            raise ConfigError("configs", shown, "configs that share one reference and reference_by setting")
+        return score_continuations(self._pack, texts, contexts, checked, refs.pop()[0], weights_on)
 
 
 def _check_config(config: Any) -> None:

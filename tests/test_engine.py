@@ -19,6 +19,7 @@ from packllm_integrations import (
     TextEvent,
     WeightsEvent,
 )
+from packllm_integrations.alignment.vocabulary import token_bytes
 from packllm_integrations.decoding.session import Session
 
 PROMPT = "The function returns the value of the"
@@ -150,6 +151,29 @@ def test_reference_is_the_lowest_perplexity_member(bl: Member, sp: Member) -> No
     engine = PackEngine([bl, sp])
     own = {m.name: independent_nll(m, m.encode(PROMPT)) for m in (bl, sp)}
     assert engine.weights(PROMPT).reference == min(own, key=own.get)
+
+
+def test_reference_by_byte_is_the_lowest_nll_per_byte(bl: Member, sp: Member) -> None:
+    """reference_by='byte' picks the member with the lowest NLL per UTF-8 byte of the scored
+    tokens, 'token' (the default) the lowest per token; the two disagree on some prompts."""
+    engine = PackEngine([bl, sp])
+    prompts = [PROMPT, "def f(x):\n    return x * 2\n", "naïve café ☃ 12345 and so on", "The cat sat on the mat"]
+    differ = 0
+    for text in prompts:
+        per_token, per_byte = {}, {}
+        for m in (bl, sp):
+            ids, nbytes = m.encode(text), token_bytes(m.tokenizer)
+            mean = independent_nll(m, ids)
+            per_token[m.name] = mean
+            per_byte[m.name] = mean * (len(ids) - 1) / sum(len(nbytes[i]) for i in ids[1:])
+        by_token, by_byte = min(per_token, key=per_token.get), min(per_byte, key=per_byte.get)
+        assert engine.weights(text).reference == by_token
+        assert engine.weights(text, reference_by="byte").reference == by_byte
+        assert engine.generate(text, max_new_tokens=2, reference_by="byte").reference == by_byte
+        differ += by_token != by_byte
+    assert differ, "some prompt should have the two rules disagree (else the test shows nothing)"
+    with pytest.raises(ConfigError, match="reference_by"):
+        engine.weights(PROMPT, reference_by="word")
 
 
 def test_top1_uniform_fixed(bl: Member, sp: Member) -> None:

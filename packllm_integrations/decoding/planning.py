@@ -125,6 +125,7 @@ def plan_prompts(
     prompt_texts: Sequence[Sequence[str]] | None = None,
     own_scoring: bool = False,
     rollback: bool = False,
+    by_bytes: bool = False,
 ) -> Planned:
     """Choose each prompt's reference member and translate its tokens for every member.
 
@@ -132,7 +133,8 @@ def plan_prompts(
     member's index (None: chosen per prompt). Only the leading tokens that encode
     ``prompt_texts[b][k]`` are scored when given (a context before a continuation).
     ``own_scoring`` computes the own-tokenization scores even when the reference is fixed;
-    ``rollback`` makes the passes' caches croppable (natural alignment).
+    ``rollback`` makes the passes' caches croppable (natural alignment); ``by_bytes`` chooses
+    the reference by the lowest NLL per byte instead of per token (``reference_by="byte"``).
     """
     members = pack.members
     own = [[m.encode(row[k]) for row in texts] for k, m in enumerate(members)]
@@ -162,7 +164,7 @@ def plan_prompts(
             )
     if reference is None and len(members) > 1:
         count = range(len(members))
-        refs = [min(count, key=lambda k, b=b: (_mean_or_inf(own_nll[b][k]), k)) for b in range(len(texts))]
+        refs = [min(count, key=lambda k, b=b: (_mean_or_inf(own_nll[b][k], by_bytes), k)) for b in range(len(texts))]
     else:
         refs = [reference or 0] * len(texts)
     plans = []
@@ -233,6 +235,10 @@ def start_state(member: MemberBackend) -> torch.Tensor:
     return member.prefill([start_ids(member)]).last[0]
 
 
-def _mean_or_inf(score: OwnScore | None) -> float:
-    """A member's own mean NLL for choosing the reference (never one that is not finite)."""
-    return score.mean if score is not None and math.isfinite(score.mean) else math.inf
+def _mean_or_inf(score: OwnScore | None, by_bytes: bool = False) -> float:
+    """A member's own mean NLL per token (per byte with ``by_bytes``) for choosing the
+    reference (never one that is not finite)."""
+    if score is None:
+        return math.inf
+    mean = score.total / max(score.num_bytes, 1) if by_bytes else score.mean
+    return mean if math.isfinite(mean) else math.inf

@@ -62,7 +62,13 @@ def score_continuations(
     sequence = len(members) > 1 and any(c.fusion == "sequence" for c in configs)
     prompt_texts = None if weights_on == "full" else contexts
     planned = plan_prompts(
-        pack, texts, fixed_reference, prompt_texts, own_scoring=own_scoring or natural or sequence, rollback=natural
+        pack,
+        texts,
+        fixed_reference,
+        prompt_texts,
+        own_scoring=own_scoring or natural or sequence,
+        rollback=natural,
+        by_bytes=configs[0].reference_by == "byte",
     )
     names = [m.name for m in members]
     out: list[list[ScoreResult]] = [[] for _ in configs]

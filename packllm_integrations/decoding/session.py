@@ -130,8 +130,9 @@ class Session:
             m.share_cores(None)
         cfg = self.config
         natural = cfg.alignment == "natural"
+        own, by_bytes = cfg.scoring == "own" or natural, cfg.reference_by == "byte"
         planned = plan_prompts(
-            self.pack, self.texts, self.fixed_reference, own_scoring=cfg.scoring == "own" or natural, rollback=natural
+            self.pack, self.texts, self.fixed_reference, own_scoring=own, rollback=natural, by_bytes=by_bytes
         )
         self.aligners = open_aligners(self.pack, self.texts, planned, natural)
         reads = any(isinstance(a, Natural) for a in self.aligners)

@@ -95,6 +95,8 @@ class PackModel(BaseModel):
         """Fixed member weights in pack order (implies weighting='fixed')."""
         reference: str | None = None
         """Member whose vocabulary the fused distribution uses (None: per prompt)."""
+        reference_by: str | None = None
+        """With reference None, how each prompt's reference is chosen: 'token' or 'byte' (lowest NLL per byte)."""
         scoring: str | None = None
         """How members with different tokenizers are scored on the prompt: 'reference' or 'own'."""
         alignment: str | None = None

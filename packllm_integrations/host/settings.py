@@ -83,6 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tau", float, gt=0),
     Setting("weights", list[float]),
     Setting("reference", str),
+    Setting("reference_by", str),
     Setting("scoring", str),
     Setting("alignment", str),
     Setting("fusion", str),
