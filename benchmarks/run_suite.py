@@ -11,6 +11,7 @@ alone (paired bootstrap interval, McNemar's exact test) and times each run.
     python benchmarks/run_suite.py --pack coder --limit 3         # a smoke run: 3 items per task
     python benchmarks/run_suite.py --pack three-tokenizer --method sim --method opt --method 'mined:sim,alignment=mined'
     python benchmarks/run_suite.py --pack default --merge OUT/medmcqa OUT/analogies   # join runs
+    python benchmarks/run_suite.py --merge OUT/old --rename 'pack=paper:tau=1,reference_by=token'  # relabel
 
 A whole run takes hours; running a few tasks per process (``--out`` a folder each) and joining
 their ``suite.json`` with ``--merge`` keeps a crash from losing more than one part, and lets one
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from packllm_integrations import DEFAULT_PACK, Constraint, GenerationConfig, PackEngine  # noqa: E402
 from packllm_integrations.eval.generation import GenerationTask, Outcome  # noqa: E402
+from packllm_integrations.eval.method_specs import parse_settings  # noqa: E402
 from packllm_integrations.eval.results import EvalReport  # noqa: E402
 from packllm_integrations.eval.suite import DEFAULT_TASKS, build_tasks, parse_methods, register_task, run_suite  # noqa: E402
 from packllm_integrations.eval.suite_report import render_suite, write_suite  # noqa: E402
@@ -136,14 +139,27 @@ register_task("extraction", _extraction, "50 JSON extraction pairs under their s
 register_task("agents", _agents, "10 tool-calling agent tasks (LangChain loop): right calls and answer")
 
 
-def merged(folders: list[Path]) -> EvalReport:
-    """One report from several runs' ``suite.json``: their tasks, a task's methods joined across runs."""
+def merged(folders: list[Path], renames: Sequence[str] = ()) -> EvalReport:
+    """One report from several runs' ``suite.json``: their tasks, a task's methods joined across runs.
+
+    Each of ``renames`` is ``OLD=NEW[:SETTINGS]``: method OLD of every run that has it is
+    called NEW, and SETTINGS (``key=value,...``), when given, record what it ran with.
+    """
     reports = []
     for folder in folders:
         path = folder / "suite.json" if folder.is_dir() else folder
         if not path.is_file():
             raise SystemExit(f"--merge: {folder} holds no suite.json")
         reports.append(EvalReport.load(path))
+    for rename in renames:
+        old, eq, rest = rename.partition("=")
+        new, colon, text = rest.partition(":")
+        if not eq or not old.strip() or not new.strip():
+            raise SystemExit(f"--rename {rename!r}: expected OLD=NEW or OLD=NEW:key=value,...")
+        settings = parse_settings(text) if colon else None
+        found = [r.rename(old.strip(), new.strip(), settings) for r in reports if old.strip() in r.method_names]
+        if not found:
+            raise SystemExit(f"--rename {rename!r}: no run has a method {old.strip()!r}")
     report = EvalReport.merge(reports)
     parts = [r.settings for r in reports]
     report.settings = {
@@ -163,7 +179,7 @@ def main() -> None:
     parser.add_argument("--pack", choices=PACKS, default="default")
     parser.add_argument("--backend", default="llama.cpp", help="members' backend (default llama.cpp)")
     parser.add_argument("--tasks", default=",".join((*DEFAULT_TASKS, *EXTRAS)), help="comma-separated task names")
-    parser.add_argument("--method", action="append", metavar="SPEC", help="a pack method (default: pack, sim, opt)")
+    parser.add_argument("--method", action="append", metavar="SPEC", help="a pack method (default: pack, paper, opt)")
     parser.add_argument("--limit", type=int, help="at most N items per task (a smoke run)")
     parser.add_argument("--max-new-tokens", type=int, help="cap generation tasks' new tokens (a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,11 +192,27 @@ def main() -> None:
     parser.add_argument(
         "--merge", nargs="+", type=Path, metavar="FOLDER", help="join earlier runs' suite.json into --out; runs nothing"
     )
+    parser.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW[:SETTINGS]",
+        help="with --merge: call method OLD NEW; SETTINGS (key=value,...) record what it ran with",
+    )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="also compare every pack method with METHOD (e.g. paper), each task",
+    )
     args = parser.parse_args()
     out = args.out or HERE / "results" / f"suite-{args.pack}"
+    if args.rename and not args.merge:
+        parser.error("--rename needs --merge")
     if args.merge:
-        report = merged(args.merge)
-        for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed):
+        report = merged(args.merge, args.rename)
+        for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed, against=args.against):
             print(f"wrote {path}", file=sys.stderr)
         return
     tasks = build_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], limit=args.limit, seed=args.seed)
@@ -193,13 +225,13 @@ def main() -> None:
     start = time.perf_counter()
     engine = PackEngine.from_models(specs, progress=not args.quiet)
     loaded = time.perf_counter() - start
-    methods = parse_methods(engine, args.method or ["pack", "sim", "opt"], members=not args.no_members)
+    methods = parse_methods(engine, args.method or ["pack", "paper", "opt"], members=not args.no_members)
     report = run_suite(engine, tasks, methods, progress=not args.quiet)
     report.settings.update({"pack": args.pack, "backend": args.backend, "load_seconds": round(loaded, 1)})
     report.settings["command"] = " ".join(["python", "benchmarks/run_suite.py", *sys.argv[1:]])
-    for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed):
+    for path in write_suite(report, out, "suite", resamples=args.resamples, seed=args.seed, against=args.against):
         print(f"wrote {path}", file=sys.stderr)
-    print(render_suite(report, resamples=args.resamples, seed=args.seed))
+    print(render_suite(report, resamples=args.resamples, seed=args.seed, against=args.against))
 
 
 if __name__ == "__main__":

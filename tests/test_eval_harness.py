@@ -219,6 +219,23 @@ def test_report_round_trip_and_merge(tmp_path, report, engine):
         EvalReport.merge([first, EvalReport(["other"], report.methods, [report.tasks[1]])])
 
 
+def test_rename_moves_a_method_everywhere_and_records_its_settings(report):
+    old = report.method_names[-1]
+    before = EvalReport.from_dict(report.to_dict())
+    before.settings["configs"] = {old: {}}
+    renamed = EvalReport.from_dict(before.to_dict()).rename(old, "paper", {"tau": 1.0, "reference_by": "token"})
+    assert renamed.method_names == [*before.method_names[:-1], "paper"]
+    assert renamed.methods[-1]["tau"] == 1.0 and renamed.methods[-1]["reference_by"] == "token"
+    assert renamed.settings["configs"] == {"paper": {"tau": 1.0, "reference_by": "token"}}
+    for was, now in zip(before.tasks, renamed.tasks, strict=True):
+        assert now.scores["paper"] == was.scores[old] and old not in now.scores
+        assert now.per_item["paper"] == was.per_item[old] and now.weights.get("paper") == was.weights.get(old)
+    with pytest.raises(ConfigError, match="^method='nope'"):
+        renamed.rename("nope", "x")
+    with pytest.raises(ConfigError, match="no other method"):
+        renamed.rename("paper", renamed.method_names[0])
+
+
 def test_bad_runs_raise(engine, mc):
     with pytest.raises(ConfigError, match="batch_size"):
         evaluate(engine, [mc], batch_size=0, progress=False)

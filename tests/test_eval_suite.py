@@ -39,6 +39,7 @@ from packllm_integrations.eval.suite_data import (
     humaneval_problems,
     humaneval_task,
 )
+from packllm_integrations.eval.suite_report import render_suite
 from packllm_integrations.eval.task_files import load_task_file
 from packllm_integrations.eval.tasks import TextTask
 from tests import tiny
@@ -197,6 +198,11 @@ def test_methods_from_specs(pack):
     expected = ["tiny-a", "tiny-c", "pack"]
     expected += [w for w in ("sim", "opt") if pack.resolve(weighting=w) != pack.config]
     assert names == expected
+    # 'paper' is PackLLM-sim as published, whatever the defaults are; a label still applies.
+    paper = parse_method(pack, "paper")
+    assert paper.name == "paper" and paper.config == pack.resolve(weighting="sim", tau=1.0, reference_by="token")
+    assert paper.config != pack.config and parse_method(pack, "authors:paper").name == "authors"
+    assert paper.describe()["reference_by"] == "token" and paper.describe()["tau"] == 1.0
 
 
 def test_run_suite_side_by_side_with_pooled_text_and_comparisons(pack):
@@ -250,6 +256,15 @@ def test_run_suite_side_by_side_with_pooled_text_and_comparisons(pack):
             a, b = item_values(result, c.method)[0], item_values(result, c.baseline)[0]
             assert c.mcnemar == mcnemar_exact([int(x) for x in a], [int(y) for y in b])
         assert c.cost == pytest.approx(result.method_seconds[c.method] / result.method_seconds[c.baseline])
+    # Against a named method: each other pack method's difference to it, per task.
+    text = render_suite(report, comparisons, resamples=200, against=["sim"])
+    section = text.split("## Against `sim`")[1]
+    mc_row = next(line for line in section.splitlines() if line.startswith("| eval_mc | uniform |"))
+    versus = compare(report, baseline="sim", resamples=200)
+    expected = next(c for c in versus if (c.task, c.method) == ("eval_mc", "uniform")).difference.difference
+    assert f"{expected:+.3f}" in mc_row and "| tiny-a |" not in section
+    with pytest.raises(ConfigError, match="^against='nope'"):
+        render_suite(report, comparisons, against=["nope"])
 
 
 def test_a_scoring_only_method_runs_the_scored_tasks_and_skips_generation(pack):

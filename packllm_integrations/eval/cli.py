@@ -145,7 +145,7 @@ def add_suite_parser(sub: Any) -> None:
         metavar="SPEC",
         help="a pack method, repeatable: a weighting name (sim, opt...), or [LABEL:]key=value,... with any "
         "generation setting (e.g. mined:weighting=sim,alignment=mined); 'pack' is the engine's defaults "
-        "(default: pack, sim, opt; a method equal to an earlier one is left out)",
+        "(default: pack, paper, opt; paper: PackLLM-sim as published; a method equal to an earlier one is left out)",
     )
     p.add_argument("--no-members", action="store_true", help="leave out the members alone (no baseline then)")
     p.add_argument("--limit", type=int, help="at most N items per task (text tasks: N windows)")
@@ -265,7 +265,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None:
         tasks = [replace(t, max_new_tokens=args.max_new_tokens) if isinstance(t, GenerationTask) else t for t in tasks]
     engine = load_engine(args.model, progress=not args.quiet)
-    methods = parse_methods(engine, args.method or ["pack", "sim", "opt"], members=not args.no_members)
+    methods = parse_methods(engine, args.method or ["pack", "paper", "opt"], members=not args.no_members)
     report = run_suite(
         engine,
         tasks,

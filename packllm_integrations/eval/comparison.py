@@ -144,13 +144,18 @@ def compare(
 
 
 def compare_means(
-    report: EvalReport, *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+    report: EvalReport,
+    *,
+    baseline: str | None = None,
+    resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> tuple[str | None, list[str], dict[str, tuple[float, Difference]]]:
     """The mean over the tasks where higher is better (accuracy, pass@1, exact match...):
-    every method against the member alone with the best such mean, items resampled within
-    each task (:func:`~packllm_integrations.eval.stats.stratified_bootstrap`).
+    every method against ``baseline`` (default: the member alone with the best such mean),
+    items resampled within each task (:func:`~packllm_integrations.eval.stats.stratified_bootstrap`).
 
-    Returns the baseline member, the tasks averaged, and method -> (mean, difference).
+    Returns the baseline, the tasks averaged, and method -> (mean, difference).
     """
     tasks = [t for t in report.tasks if t.higher_is_better]
     if not tasks:
@@ -158,9 +163,14 @@ def compare_means(
     methods = [m for m in report.method_names if all(m in t.per_item for t in tasks)]
     means = {m: sum(t.scores[m] for t in tasks) / len(tasks) for m in methods}
     members = [m for m in _member_names(report) if m in means]
-    if not members:
+    if baseline is not None:
+        if baseline not in means:
+            return None, [t.task for t in tasks], {}
+        base = baseline
+    elif not members:
         return None, [t.task for t in tasks], {}
-    base = max(members, key=lambda m: (means[m], -members.index(m)))
+    else:
+        base = max(members, key=lambda m: (means[m], -members.index(m)))
     out = {}
     for m in methods:
         pairs = []

@@ -18,9 +18,13 @@ from ..engine import PackEngine
 from ..errors import ConfigError
 from .methods import Method, standard_methods
 
-__all__ = ["parse_method", "parse_methods", "default_methods"]
+__all__ = ["PRESETS", "parse_method", "parse_methods", "parse_settings", "default_methods"]
 
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(GenerationConfig)}
+
+PRESETS: dict[str, dict[str, Any]] = {"paper": {"weighting": "sim", "tau": 1.0, "reference_by": "token"}}
+"""Named methods: ``paper`` is PackLLM-sim's weighting as published (``tau=1``, the reference chosen
+per token); alignment stays the engine's (``alignment=mined`` in a full spec for the authors' MinED)."""
 
 
 def _coerce(key: str, text: str) -> Any:
@@ -52,9 +56,10 @@ def parse_method(engine: PackEngine, spec: str) -> Method:
     """A pack method from its spec: ``[LABEL:]SETTING[,SETTING...]``.
 
     Each setting is ``key=value`` (any :class:`GenerationConfig` field; weights joined with
-    ``:``) or a bare weighting name (``sim`` means ``weighting=sim``). The label defaults to
-    the bare weighting name when that is all the spec says, else to the spec itself.
-    Settings not given are the engine's defaults.
+    ``:``) or a bare weighting name (``sim`` means ``weighting=sim``); a spec that is just
+    ``paper`` is PackLLM-sim as published (:data:`PRESETS`). The label defaults to the bare
+    name when that is all the spec says, else to the spec itself. Settings not given are the
+    engine's defaults.
 
     >>> parse_method(engine, "mined:sim,alignment=mined").config.alignment  # doctest: +SKIP
     'mined'
@@ -67,24 +72,36 @@ def parse_method(engine: PackEngine, spec: str) -> Method:
         label, text = head.strip(), rest.strip()
         if not label or not text:
             raise ConfigError("method", spec, "LABEL:SETTINGS with both parts non-empty")
-    settings: dict[str, Any] = {}
-    for part in text.split(","):
-        key, eq, value = (p.strip() for p in part.partition("="))
-        if not key or (eq and not value):
-            raise ConfigError("method", spec, "settings as key=value or a weighting name, joined with commas")
-        if key in settings or (not eq and "weighting" in settings):
-            raise ConfigError("method", spec, "each setting once")
-        settings[key if eq else "weighting"] = _coerce(key, value) if eq else key
+    if text in PRESETS:
+        return Method(label or text, "fused", engine.resolve(**PRESETS[text]))
+    settings = parse_settings(text, parameter="method")
     config = engine.resolve(**settings)
     if label is None:
         label = settings["weighting"] if list(settings) == ["weighting"] else text
     return Method(label, "fused", config)
 
 
+def parse_settings(text: str, *, parameter: str = "settings") -> dict[str, Any]:
+    """Generation settings from ``key=value,...`` (a bare word is a weighting name).
+
+    >>> parse_settings("opt,tau=0.5,reference_by=byte")
+    {'weighting': 'opt', 'tau': 0.5, 'reference_by': 'byte'}
+    """
+    settings: dict[str, Any] = {}
+    for part in text.split(","):
+        key, eq, value = (p.strip() for p in part.partition("="))
+        if not key or (eq and not value):
+            raise ConfigError(parameter, text, "settings as key=value or a weighting name, joined with commas")
+        if key in settings or (not eq and "weighting" in settings):
+            raise ConfigError(parameter, text, "each setting once")
+        settings[key if eq else "weighting"] = _coerce(key, value) if eq else key
+    return settings
+
+
 def default_methods(engine: PackEngine) -> list[Method]:
-    """The pack with its default settings (``pack``), then PackLLM's ``sim`` and ``opt``;
+    """The pack with its default settings (``pack``), then PackLLM as published (``paper``) and ``opt``;
     a method whose config equals an earlier one's is left out (see :func:`parse_methods`)."""
-    return parse_methods(engine, ["pack", "sim", "opt"])
+    return parse_methods(engine, ["pack", "paper", "opt"])
 
 
 def parse_methods(engine: PackEngine, specs: Sequence[str], *, members: bool = True) -> list[Method]:

@@ -84,6 +84,8 @@ class Method:
             "weights": list(cfg.weights) if cfg and cfg.weights else None,
             "tau": cfg.tau if cfg else None,
             "reference": cfg.reference if cfg else None,
+            "reference_by": cfg.reference_by if cfg else None,
+            "fusion": cfg.fusion if cfg else None,
             "scoring": getattr(cfg, "scoring", None) if cfg else None,
             "alignment": getattr(cfg, "alignment", None) if cfg else None,
         }

@@ -137,6 +137,34 @@ class EvalReport:
         """Read a report written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
+    def rename(self, old: str, new: str, settings: dict[str, Any] | None = None) -> EvalReport:
+        """Call method ``old`` ``new`` everywhere in the report; returns self.
+
+        ``settings`` (optional) records what the method ran with, replacing its entry in
+        ``settings["configs"]`` and the matching fields of its method record: for a run whose
+        method meant "the defaults" under defaults that have changed since.
+
+        >>> report.rename("pack", "paper", {"tau": 1.0, "reference_by": "token"})  # doctest: +SKIP
+        """
+        if old not in self.method_names:
+            raise ConfigError("method", old, f"one of {', '.join(self.method_names)}")
+        if new != old and new in self.method_names:
+            raise ConfigError("method", new, "a name no other method of the report has")
+        for record in self.methods:
+            if record["name"] == old:
+                record["name"] = new
+                record.update(settings or {})
+        for task in self.tasks:
+            for name in ("scores", "per_item", "weights", "method_seconds", "outputs", "details"):
+                table = getattr(task, name)
+                if old in table:
+                    table[new] = table.pop(old)
+        configs = self.settings.get("configs")
+        if isinstance(configs, dict) and (old in configs or settings is not None):
+            config = configs.pop(old, {})
+            configs[new] = dict(settings) if settings is not None else config
+        return self
+
     @classmethod
     def merge(cls, reports: Sequence[EvalReport]) -> EvalReport:
         """One report holding the tasks of several runs over the same members.

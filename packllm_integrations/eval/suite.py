@@ -119,7 +119,7 @@ def run_suite(
         value = locals()[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(name, value, "an integer >= 1")
-    methods = list(methods) if methods is not None else parse_methods(engine, ["pack", "sim", "opt"])
+    methods = list(methods) if methods is not None else parse_methods(engine, ["pack", "paper", "opt"])
     if not methods:
         raise ConfigError("methods", [], "at least one method")
     for m in methods:

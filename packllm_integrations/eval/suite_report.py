@@ -4,8 +4,9 @@
 prose+code row among them), then per task each method against the best member alone
 (difference with its 95% bootstrap interval, McNemar's exact p-value for right/wrong
 items, items won and lost, wall time and cost relative to the best member), then the mean
-over the higher-is-better tasks. :func:`plot_differences` draws the differences with
-their intervals; :func:`write_suite` writes everything.
+over the higher-is-better tasks, then (``against``) every pack method against a named
+one. :func:`plot_differences` draws the differences with their intervals;
+:func:`write_suite` writes everything.
 
 Example:
     >>> from packllm_integrations.eval import EvalReport
@@ -16,11 +17,14 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .report import _PALETTE, _figure, _save, render_table
 from .results import EvalReport
+from .stats import Difference
 from .suite import Comparison, compare, compare_means
 
 __all__ = ["render_suite", "plot_differences", "write_suite"]
@@ -39,6 +43,11 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
+def _verdict(d: Difference) -> str:
+    """A higher-is-better difference's verdict."""
+    return "no significant difference" if not d.significant else "better" if d.low > 0 else "worse"
+
+
 def render_suite(
     report: EvalReport,
     comparisons: list[Comparison] | None = None,
@@ -46,8 +55,16 @@ def render_suite(
     resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
+    against: Sequence[str] = (),
 ) -> str:
-    """The whole report as Markdown (comparisons computed here unless given)."""
+    """The whole report as Markdown (comparisons computed here unless given).
+
+    Each method of ``against`` gets a section of its own: every pack method against it.
+    """
+    members = set(report.members)
+    for other in against:
+        if other not in report.method_names:
+            raise ConfigError("against", other, f"a method of the report ({', '.join(report.method_names)})")
     comparisons = (
         compare(report, resamples=resamples, confidence=confidence, seed=seed) if comparisons is None else comparisons
     )
@@ -55,7 +72,7 @@ def render_suite(
     lines = [f"# Evaluation suite: {' + '.join(report.members)}", ""]
     configs = report.settings.get("configs", {})
     if configs:
-        lines += ["Pack methods (settings that differ from GenerationConfig's defaults):", ""]
+        lines += ["Pack methods (the settings each was given; the others are GenerationConfig's defaults):", ""]
         for name, settings in configs.items():
             shown = ", ".join(f"`{k}={v}`" for k, v in settings.items()) or "the defaults"
             lines.append(f"- `{name}`: {shown}")
@@ -98,8 +115,29 @@ def render_suite(
             if method == base:
                 lines.append(f"| {method} | {mean:.3f} | (baseline) | |")
                 continue
-            verdict = "no significant difference" if not d.significant else "better" if d.low > 0 else "worse"
-            lines.append(f"| {method} | {mean:.3f} | {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {verdict} |")
+            lines.append(
+                f"| {method} | {mean:.3f} | {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} |"
+            )
+    for other in against:
+        lines += ["", f"## Against `{other}` ({level} paired bootstrap, {resamples:,} resamples, seed {seed})", ""]
+        lines += ["| task | method | score | difference [CI] | verdict | McNemar p | won / lost |"]
+        lines += ["|---|---|---:|---|---|---:|---:|"]
+        for c in compare(report, baseline=other, resamples=resamples, confidence=confidence, seed=seed):
+            if c.method in members:
+                continue
+            d, test = c.difference, c.mcnemar
+            lines.append(
+                f"| {c.task} | {c.method} | {_num(c.score, c.metric)} | {_num(d.difference, c.metric, True)} "
+                f"[{_num(d.low, c.metric, True)}, {_num(d.high, c.metric, True)}] | {c.verdict} "
+                f"| {_p(test.p_value) if test else '-'} | {f'{test.only_a} / {test.only_b}' if test else '-'} |"
+            )
+        _, tasks, means = compare_means(report, baseline=other, resamples=resamples, confidence=confidence, seed=seed)
+        for method, (mean, d) in means.items() if len(tasks) > 1 else ():
+            if method not in members and method != other:
+                lines.append(
+                    f"| mean ({', '.join(tasks)}) | {method} | {mean:.3f} | {d.difference:+.3f} "
+                    f"[{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} | - | - |"
+                )
     seconds = report.settings.get("seconds")
     if seconds is not None:
         lines += ["", f"Whole run: {seconds:,.0f} s wall time."]
@@ -148,6 +186,7 @@ def write_suite(
     resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
+    against: Sequence[str] = (),
 ) -> list[Path]:
     """Write ``{prefix}.json`` (the report and its comparisons), ``{prefix}.md`` and, with
     ``plots``, ``{prefix}_scores.png`` and ``{prefix}_differences.png``."""
@@ -162,7 +201,8 @@ def write_suite(
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     md = folder / f"{prefix}.md"
     md.write_text(
-        render_suite(report, comparisons, resamples=resamples, confidence=confidence, seed=seed), encoding="utf-8"
+        render_suite(report, comparisons, resamples=resamples, confidence=confidence, seed=seed, against=against),
+        encoding="utf-8",
     )
     written = [path, md]
     if plots:
