@@ -143,19 +143,19 @@ def test_cross_tokenizer_weights_use_reference_space(bl: Member, sp: Member) -> 
     logp = torch.log_softmax(mapped, -1)
     nll_bl = float(-logp[torch.arange(len(ref_ids) - 2), torch.tensor(ref_ids[2:])].mean())
     nll = torch.tensor([nll_bl, independent_nll(sp, ref_ids, first=2)], dtype=torch.float64)
-    expected = torch.softmax(-nll, 0)
+    expected = torch.softmax(-nll / engine.config.tau, 0)
     assert [event.weights[bl.name], event.weights[sp.name]] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
 def test_reference_is_the_lowest_perplexity_member(bl: Member, sp: Member) -> None:
-    engine = PackEngine([bl, sp])
+    engine = PackEngine([bl, sp], reference_by="token")
     own = {m.name: independent_nll(m, m.encode(PROMPT)) for m in (bl, sp)}
     assert engine.weights(PROMPT).reference == min(own, key=own.get)
 
 
 def test_reference_by_byte_is_the_lowest_nll_per_byte(bl: Member, sp: Member) -> None:
-    """reference_by='byte' picks the member with the lowest NLL per UTF-8 byte of the scored
-    tokens, 'token' (the default) the lowest per token; the two disagree on some prompts."""
+    """reference_by='byte' (the default) picks the member with the lowest NLL per UTF-8 byte of
+    the scored tokens, 'token' the lowest per token; the two disagree on some prompts."""
     engine = PackEngine([bl, sp])
     prompts = [PROMPT, "def f(x):\n    return x * 2\n", "naïve café ☃ 12345 and so on", "The cat sat on the mat"]
     differ = 0
@@ -167,9 +167,10 @@ def test_reference_by_byte_is_the_lowest_nll_per_byte(bl: Member, sp: Member) ->
             per_token[m.name] = mean
             per_byte[m.name] = mean * (len(ids) - 1) / sum(len(nbytes[i]) for i in ids[1:])
         by_token, by_byte = min(per_token, key=per_token.get), min(per_byte, key=per_byte.get)
-        assert engine.weights(text).reference == by_token
-        assert engine.weights(text, reference_by="byte").reference == by_byte
-        assert engine.generate(text, max_new_tokens=2, reference_by="byte").reference == by_byte
+        assert engine.weights(text, reference_by="token").reference == by_token
+        assert engine.weights(text).reference == by_byte
+        assert engine.generate(text, max_new_tokens=2).reference == by_byte
+        assert engine.generate(text, max_new_tokens=2, reference_by="token").reference == by_token
         differ += by_token != by_byte
     assert differ, "some prompt should have the two rules disagree (else the test shows nothing)"
     with pytest.raises(ConfigError, match="reference_by"):
@@ -435,7 +436,7 @@ def test_own_scoring_weights_are_per_byte_on_the_reference_scale(bl: Member, sp:
     (t_bl, _, b_bl), (t_sp, n_sp, b_sp) = own_total(bl, PROMPT), own_total(sp, PROMPT, first=2)
     scale = b_sp / n_sp
     nll = torch.tensor([t_bl / b_bl * scale, t_sp / b_sp * scale], dtype=torch.float64)
-    expected = torch.softmax(-nll, 0).tolist()
+    expected = torch.softmax(-nll / engine.config.tau, 0).tolist()
     assert [event.weights[bl.name], event.weights[sp.name]] == pytest.approx(expected, abs=1e-5)
     assert event.prompt_perplexity[sp.name] == pytest.approx(math.exp(t_sp / n_sp), rel=1e-4)
     # generation and scoring accept the setting too

@@ -76,7 +76,7 @@ def test_same_tokenizer_pair_weights_match_formula(qwen: Member) -> None:
         with torch.no_grad():
             logp = torch.log_softmax(m.model(torch.tensor([ids])).logits[0, :-1].double(), -1)
         nll.append(float(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean()))
-    expected = torch.softmax(-torch.tensor(nll), 0).tolist()
+    expected = torch.softmax(-torch.tensor(nll) / engine.config.tau, 0).tolist()
     assert [event.weights[qwen.name], event.weights[big.name]] == pytest.approx(expected, abs=1e-4)
     result = engine.generate(CODE, max_new_tokens=12)
     assert result.usage.completion_tokens == 12
