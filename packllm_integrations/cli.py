@@ -47,7 +47,7 @@ def _pack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weighting", choices=STRATEGIES, help=f"fusion weights (default: {_DEFAULTS.weighting})")
     parser.add_argument("--weights", help="comma-separated member weights (implies --weighting fixed)")
     parser.add_argument("--tau", type=float, help=f"temperature of sim weighting (default {_DEFAULTS.tau})")
-    parser.add_argument("--reference", help="member whose vocabulary is used (default: lowest prompt perplexity)")
+    parser.add_argument("--reference", help="member whose vocabulary is used (default: per prompt, see --reference-by)")
     parser.add_argument(
         "--reference-by",
         choices=("token", "byte"),

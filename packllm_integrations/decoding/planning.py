@@ -1,9 +1,10 @@
 """Planning a request: each prompt's reference member and what every member reads.
 
 With ``reference`` None, each member first scores its own tokenization of the prompt and
-the lowest perplexity wins (the authors' rule); those passes are kept for reuse. Then the
-reference's ids are translated for every member ("mined" inputs). Natural alignment walks
-a member over the reference's text instead (:mod:`.aligners`).
+the lowest negative log-likelihood per byte wins (``reference_by="byte"``, the default) or
+the lowest perplexity per token (``"token"``, the authors' rule); those passes are kept for
+reuse. Then the reference's ids are translated for every member ("mined" inputs). Natural
+alignment walks a member over the reference's text instead (:mod:`.aligners`).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--members", choices=MEMBER_MODES, default="native", help="how members alone are scored (default: native)"
     )
-    p.add_argument("--reference", help="force this member's vocabulary (default: lowest prompt perplexity)")
+    p.add_argument("--reference", help="force this member's vocabulary (default: per prompt, by the reference_by rule)")
     p.add_argument("--tau", type=float, help=f"temperature of sim weighting (default {_DEFAULTS.tau})")
     p.add_argument(
         "--scoring",
