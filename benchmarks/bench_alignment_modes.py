@@ -27,6 +27,7 @@ member on the first line in its own tokenization).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import time
@@ -39,6 +40,7 @@ from transformers.utils import logging as hf_logging
 
 from packllm_integrations import FinishEvent, GenerationConfig, Member, PackEngine, WeightsEvent
 from packllm_integrations.alignment.projection import Projection
+from packllm_integrations.decoding.aligners import Natural
 from packllm_integrations.eval.data import lee_task, stdlib_code_task
 from packllm_integrations.loading import load_member, load_vocab_map
 from packllm_integrations.loading.catalog import DEFAULT_PACK
@@ -249,7 +251,7 @@ def decode_part(members, data, packs, n: int) -> list[str]:  # type: ignore[no-u
                     elif isinstance(event, FinishEvent):
                         natural_t.append((time.perf_counter() - start) / max(event.result.usage.completion_tokens, 1))
                         steps = max(event.result.usage.completion_tokens - 1, 1)
-                readers = [r for r in session.readers if r is not None]
+                readers = [a.reader for a in session.aligners if isinstance(a, Natural)]
                 refed = sum(r.fed for r in readers) / len(readers) / steps if readers else 1.0
             s, m_, nat = min(sums), min(mined_t), min(natural_t)
             lines.append(
@@ -266,7 +268,7 @@ def decode_part(members, data, packs, n: int) -> list[str]:  # type: ignore[no-u
         "| alignment | one at a time (tokens/s) | batch of 8 (tokens/s) | ratio |",
         "|---|---:|---:|---:|",
     ]
-    never = [Member(x.name, x.model, x.tokenizer, eos_token_ids=frozenset({-1})) for x in members.values()]
+    never = [never_ending(x) for x in members.values()]
     engine = PackEngine(never, progress=False)
     for align in ("mined", "natural"):
         start = time.perf_counter()
@@ -280,6 +282,15 @@ def decode_part(members, data, packs, n: int) -> list[str]:  # type: ignore[no-u
         print(lines[-1], flush=True)
     lines.append("")
     return lines
+
+
+def never_ending(member):  # type: ignore[no-untyped-def]
+    """The member with no end-of-sequence token, so every row generates its whole budget."""
+    if isinstance(member, Member):
+        return Member(member.name, member.model, member.tokenizer, eos_token_ids=frozenset({-1}))
+    twin = copy.copy(member)  # a llama.cpp member: the same model and context, no EOS
+    twin.eos_token_ids = frozenset({-1})
+    return twin
 
 
 def maps_part(members) -> list[str]:  # type: ignore[no-untyped-def]
