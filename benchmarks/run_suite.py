@@ -226,6 +226,9 @@ def main() -> None:
     engine = PackEngine.from_models(specs, progress=not args.quiet)
     loaded = time.perf_counter() - start
     methods = parse_methods(engine, args.method or ["pack", "paper", "opt"], members=not args.no_members)
+    unknown = [name for name in args.against if name not in {m.name for m in methods}]
+    if unknown:  # before the run, not after its hours
+        parser.error(f"--against {unknown[0]!r}: not a method of this run ({', '.join(m.name for m in methods)})")
     report = run_suite(engine, tasks, methods, progress=not args.quiet)
     report.settings.update({"pack": args.pack, "backend": args.backend, "load_seconds": round(loaded, 1)})
     report.settings["command"] = " ".join(["python", "benchmarks/run_suite.py", *sys.argv[1:]])
