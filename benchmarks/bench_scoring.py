@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="medmcqa,logiqa,socialiqa")
     parser.add_argument("--out", type=Path, help="default: results/scoring.md (results/scoring_cost.md with --cost)")
     parser.add_argument("--cost", action="store_true", help="every weighting and rule against the members, as shipped")
-    parser.add_argument("--rounds", type=int, default=2, help="with --cost: interleaved rounds (the median is kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --cost: interleaved rounds (the median is kept)")
     args = parser.parse_args()
     tasks = build_tasks(args.tasks.split(","), limit=args.items, seed=0)
     pack = PackEngine.from_models([f"{n},backend=llama.cpp" for n in DEFAULT_PACK], progress=False)
@@ -91,6 +92,8 @@ def main() -> None:
     warm = tasks[0].pairs()[:2]
     for _, engine, settings in methods:
         engine.score(warm, **settings)  # tokenizer indexes, projections' maps
+    for member in pack.members:  # the maps of every reference a prompt may pick
+        pack.score(warm, reference=member.name)
     lines = [
         "# Scoring multiple-choice options: each question's context read once",
         "",
@@ -150,6 +153,8 @@ def cost(pack: PackEngine, tasks: list, args: argparse.Namespace) -> None:
     warm = tasks[0].pairs()[:2]
     for _, solo in solos:
         solo.score(warm)
+    for member in pack.members:  # every vocabulary map and projection, whichever member a prompt picks
+        pack.score(warm, reference=member.name)
     for settings in COST_METHODS.values():
         pack.score(warm, **settings)
     lines = [
@@ -173,7 +178,7 @@ def cost(pack: PackEngine, tasks: list, args: argparse.Namespace) -> None:
             rounds["members"].append(sum(timed(solo, pairs, {})[0] for _, solo in solos))
             for name, settings in COST_METHODS.items():
                 rounds[name].append(timed(pack, pairs, settings)[0])
-        median = {name: sorted(t)[len(t) // 2] for name, t in rounds.items()}
+        median = {name: statistics.median(t) for name, t in rounds.items()}
         for name, t in median.items():
             totals[name] += t
         cells = " | ".join(f"{median[n]:.1f} s, {median[n] / median['members']:.2f}x" for n in COST_METHODS)

@@ -28,6 +28,7 @@ from packllm_integrations import (
 pytest.importorskip("llama_cpp")
 
 from packllm_integrations.alignment.vocabulary import common_prefix  # noqa: E402
+from packllm_integrations.backends.base import MemberBackend  # noqa: E402
 from packllm_integrations.backends.llama_cpp import LlamaCppMember  # noqa: E402
 from packllm_integrations.loading import specs  # noqa: E402
 
@@ -130,6 +131,25 @@ def test_steps_crops_and_forks_equal_fresh_prefills(cpp) -> None:
     assert torch.allclose(again, _logits(cpp, rows[0][:-3] + [9, 10, 11, 12])[-4:], atol=1e-4)
     forked = cpp.step(fork, [8])  # the fork kept the row as it was before the crop
     assert torch.allclose(forked[0], _logits(cpp, rows[0] + [5, 8])[-1], atol=1e-4)
+
+
+def test_branches_read_side_by_side_equal_fresh_prefills_and_the_default(cpp) -> None:
+    rows = [cpp.encode(ROWS[2]), cpp.encode(ROWS[0])]
+    pre = cpp.prefill(rows, rollback=True)
+    ids = rows[0]
+    n = len(ids)
+    branches = [(n - 3, [9, 10]), (2, [11]), (n - 1, [12, 13, 14]), (n - 3, [15])] * 3  # more than free sequences
+    free = len(pre.cache.context.free)
+    assert 0 < free < len(branches)
+    side_by_side = cpp.branch(pre.cache, 0, branches)
+    one_by_one = MemberBackend.branch(cpp, cpp.fork(pre.cache, 0), 0, branches)  # the default: crop, extend
+    for (p, tail), got, serial in zip(branches, side_by_side, one_by_one, strict=True):
+        fresh = _logits(cpp, ids[:p] + tail)[-len(tail) :]
+        assert got.shape == fresh.shape and torch.allclose(got, fresh, atol=1e-4)
+        assert torch.allclose(serial, fresh, atol=1e-4)
+    assert len(pre.cache.context.free) == free  # every branch's sequence given back
+    stepped = cpp.step(pre.cache, [5, 7])  # the row itself is left whole
+    assert torch.allclose(stepped[0], _logits(cpp, ids + [5])[-1], atol=1e-4)
 
 
 def test_a_context_grows_when_forked_rows_outgrow_its_cells(cpp) -> None:

@@ -13,7 +13,8 @@ tokenizer cuts it. Two pieces do that, on any backend (they only use its interfa
   of each prefix ``text[:end]`` of a text, for many ends at once: one forward pass over the
   whole text serves every prefix whose tokenization is a prefix of the whole text's, and
   the others (a reference token ending inside one of the member's tokens) get a short
-  forward from the cropped cache.
+  forward of their own tail after the tokens they share with it, all of them in one
+  batch where the backend can (:meth:`~..backends.base.MemberBackend.branch`).
 
 The member's next-token distribution is then mapped into the reference vocabulary by a
 :class:`~.projection.Projection`.
@@ -200,7 +201,7 @@ def natural_states(
 
     ``prefilled``: the member's states [T, S] and a one-row cache over ``member.encode(text)``
     (made with ``rollback=True`` or :meth:`~..backends.base.MemberBackend.fork`), if already
-    computed (the cache is cropped here: pass one nobody else uses). ``checkpoint`` is
+    computed (the cache may be cropped here: pass one nobody else uses). ``checkpoint`` is
     called before each forward pass (it raises to stop the request).
     """
     full = member.encode(text)
@@ -233,13 +234,14 @@ def natural_states(
                 fixups.setdefault((p, tuple(ids[p:])), []).append(slot)
                 if len(ids) - p == 1 and p >= 1:
                     prev[slot] = states[p - 1]
-    # Deepest prefix first: each fix-up only crops what the previous one fed.
-    for (p, tail), slots in sorted(fixups.items(), key=lambda item: -item[0][0]):
+    # The prefixes whose tokens end differently from the whole text's: their tails, read after
+    # the shared tokens, all at once where the backend can (MemberBackend.branch).
+    for p, tail in fixups:
         check_window(member, p + len(tail))
-        if checkpoint is not None:
-            checkpoint()
-        member.crop(cache, 0, p)
-        out = member.extend(cache, {0: list(tail)})[0]
+    if fixups and checkpoint is not None:
+        checkpoint()
+    fed = member.branch(cache, 0, list(fixups)) if fixups else []
+    for ((_, tail), slots), out in zip(fixups.items(), fed, strict=True):
         for slot in slots:
             last[slot] = out[-1]
             if len(tail) >= 2:

@@ -292,3 +292,19 @@ class MemberBackend(ABC):
     @abstractmethod
     def fork(self, cache: Any, row: int) -> Any:
         """Row ``row`` as a new one-row cache that later calls on either cache leave alone."""
+
+    def branch(self, cache: Any, row: int, branches: Sequence[tuple[int, Sequence[int]]]) -> list[torch.Tensor]:
+        """The states [n_i, S] of each ``(p, tail)``'s ids fed after row ``row``'s first ``p``.
+
+        Natural alignment's walk asks for these: a member's own tokenization of a prefix of
+        the text can end in tokens its tokenization of the whole text does not have. Afterwards
+        the row holds at most its first ``min(p)`` ids (a backend may leave it whole). This
+        default feeds the branches one after another, the deepest first, cropping the row
+        before each; a backend that can read them side by side in one pass overrides it.
+        """
+        out: list[torch.Tensor | None] = [None] * len(branches)
+        for i in sorted(range(len(branches)), key=lambda i: -branches[i][0]):
+            p, tail = branches[i]
+            self.crop(cache, row, p)
+            out[i] = self.extend(cache, {row: list(tail)})[row]
+        return out  # type: ignore[return-value]

@@ -41,6 +41,7 @@ _OUTPUT_FLOATS = 1 << 25
 """Logits one decode call may return (128 MB of float32): 512 positions of a 49k vocabulary,
 128 of Gemma's 262k."""
 _SPARE_CELLS = 256
+_BRANCHES = 8  # spare sequences of a rollback prefill's context, for :meth:`LlamaCppMember.branch`
 
 
 class LlamaCppMember(MemberBackend):
@@ -118,7 +119,7 @@ class LlamaCppMember(MemberBackend):
         """
         lengths = [len(r) for r in rows]
         width = max(lengths)
-        forks = len(rows) if rollback else 0
+        forks = len(rows) + _BRANCHES if rollback else 0
         context = Context(self, sum(lengths) + _SPARE_CELLS * len(rows), len(rows) + forks)
         seqs = [context.take() for _ in rows]
         sources = shared_prefixes(rows)
@@ -178,6 +179,37 @@ class LlamaCppMember(MemberBackend):
         if not library().llama_memory_seq_rm(context.memory, seq, length, -1):
             raise PackLLMError(f"member {self.name!r}: llama.cpp could not truncate a sequence at {length}")
         del context.tokens[seq][length:]
+
+    def branch(self, cache: Cache, row: int, branches: Sequence[tuple[int, Sequence[int]]]) -> list[torch.Tensor]:
+        """The branches side by side, in one decode call per group: each is a free sequence of
+        the row's context that starts with the row's first ``p`` cells (shared, not re-read) and
+        reads its tail; the row is left whole. With no free sequence, one at a time on the row."""
+        context, source = cache.context, cache.seqs[row]
+        held = list(context.tokens[source])
+        out: list[torch.Tensor] = []
+        while len(out) < len(branches):
+            taken: list[int] = []
+            try:
+                for p, _ in branches[len(out) :]:
+                    seq = context.take()
+                    if seq is None:
+                        break
+                    taken.append(seq)
+                    context.copy_prefix(source, seq, held[:p])
+                if not taken:
+                    return out + super().branch(cache, row, branches[len(out) :])
+                group = branches[len(out) : len(out) + len(taken)]
+                items = [(seq, int(t), True) for seq, (_, tail) in zip(taken, group, strict=True) for t in tail]
+                with self._lock:
+                    logits = torch.from_numpy(context.decode(items))
+                start = 0
+                for _, tail in group:
+                    out.append(logits[start : start + len(tail)])
+                    start += len(tail)
+            finally:
+                for seq in taken:
+                    context.release(seq)
+        return out
 
     def fork(self, cache: Cache, row: int) -> Cache:
         """The row copied to a free sequence of the same context (no re-reading), else re-read in a new one."""
