@@ -99,9 +99,15 @@ class Planned:
         """Member k's states at the reference positions ``start`` to ``stop`` of prompt b ("mined").
 
         A position before the member's first (the reference's BOS, for a member whose
-        tokenizer adds none) gets the member's state after its start of text."""
+        tokenizer adds none) gets the member's state after its start of text. A prompt whose
+        inputs for member k are its own tokens (k is the reference, or shares its tokenizer)
+        reads them from k's own pass: a batch whose prompts chose other references for the
+        rest costs no second pass for it."""
         shift = self.plans[b].shifts[k]
-        states = self.translated_pass(pack, k).row(b)[max(0, start + shift) : stop + shift]
+        done = self.own_passes.get(k)
+        if done is None or self.plans[b].inputs[k] != self.own_ids[k][b]:
+            done = self.translated_pass(pack, k)
+        states = done.row(b)[max(0, start + shift) : stop + shift]
         if start + shift < 0:
             before = start_state(pack.members[k])[None].expand(-(start + shift), -1)
             states = torch.cat([before.to(states.device, states.dtype), states])
