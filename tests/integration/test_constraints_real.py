@@ -32,7 +32,8 @@ def pack() -> PackEngine:
     return PackEngine(members, progress=False, max_new_tokens=40)
 
 
-@pytest.mark.parametrize("reference", ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", None])
+# Each member's vocabulary as the reference; the automatic choice (one of these) runs in the stream test below.
+@pytest.mark.parametrize("reference", ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"])
 def test_the_default_pack_writes_valid_json_with_any_reference(pack, reference) -> None:
     results = pack.generate_batch(PROMPTS, constraint=Constraint.json_schema(SCHEMA), reference=reference)
     for r in results:
