@@ -161,7 +161,8 @@ def merged(folders: list[Path], renames: Sequence[str] = ()) -> EvalReport:
         if not found:
             raise SystemExit(f"--rename {rename!r}: no run has a method {old.strip()!r}")
     report = EvalReport.merge(reports)
-    parts = [r.settings for r in reports]
+    # a run that is itself a merge (a report joined again with a new part) brings its own parts
+    parts = [part for r in reports for part in (r.settings.get("parts") or [r.settings])]
     report.settings = {
         "suite": True,
         "pack": parts[0].get("pack"),
