@@ -152,6 +152,20 @@ def test_branches_read_side_by_side_equal_fresh_prefills_and_the_default(cpp) ->
     assert torch.allclose(stepped[0], _logits(cpp, ids + [5])[-1], atol=1e-4)
 
 
+def test_branches_without_a_free_sequence_go_one_at_a_time_on_the_row(cpp) -> None:
+    ids = cpp.encode(ROWS[2])
+    pre = cpp.prefill([ids], rollback=True)
+    context = pre.cache.context
+    held = [context.take() for _ in range(len(context.free))]  # every spare sequence in use
+    branches = [(len(ids) - 2, [9, 10]), (3, [11])]
+    out = cpp.branch(pre.cache, 0, branches)
+    for (p, tail), got in zip(branches, out, strict=True):
+        assert torch.allclose(got, _logits(cpp, ids[:p] + tail)[-len(tail) :], atol=1e-4)
+    assert context.tokens[pre.cache.seqs[0]] == ids[:3] + [11]  # cropped, the shallowest last
+    for seq in held:
+        context.release(seq)
+
+
 def test_a_context_grows_when_forked_rows_outgrow_its_cells(cpp) -> None:
     rows = [cpp.encode("The value of the"), cpp.encode("def f(x):")]
     pre = cpp.prefill(rows, rollback=True)  # room for two rows and a fork of each
