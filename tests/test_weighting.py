@@ -7,6 +7,7 @@ import torch
 
 from packllm_integrations.decoding.weighting import (
     fixed_weights,
+    mixture_nlls,
     opt_weights,
     sim_weights,
     top1_weights,
@@ -58,3 +59,38 @@ def test_opt_ties_keep_the_smallest_beta() -> None:
     same = torch.zeros(3, 4)
     w = opt_weights(torch.tensor([0.5, 0.5]), [same, same.clone()], torch.tensor([0, 1, 2]))
     assert w.tolist() == [0.0, 1.0]  # beta = 0: all weight to the member visited second
+
+
+def _direct_nlls(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """The fused mean NLL per beta, straight from its definition, in float64."""
+    out = []
+    for i in range(21):
+        beta = i / 20
+        mixed = beta * a.double() + (1 - beta) * b.double()
+        out.append(float((torch.logsumexp(mixed, -1) - mixed[torch.arange(len(targets)), targets]).mean()))
+    return out
+
+
+@pytest.mark.parametrize("spread", [1.0, 30.0, 200.0])
+def test_mixture_nlls_match_the_definition(spread: float) -> None:
+    """The product sweep (logits within 80 of their top) and the plain path (wider) agree with
+    the definition, across chunk boundaries (19 rows, chunks of 8)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(19, 300, generator=gen) * spread
+    b = torch.randn(19, 300, generator=gen) * spread
+    targets = torch.randint(0, 300, (19,), generator=gen)
+    got = mixture_nlls(a, b, targets)
+    assert got == pytest.approx(_direct_nlls(a, b, targets), rel=1e-5, abs=1e-4)
+
+
+def test_mixture_nlls_take_weighted_sums_and_infinite_logits() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a, b, c = (torch.randn(5, 40, generator=gen) for _ in range(3))
+    targets = torch.tensor([0, 3, 5, 7, 9])
+    summed = mixture_nlls([(0.25, a), (0.75, b)], c, targets)
+    assert summed == pytest.approx(_direct_nlls(0.25 * a + 0.75 * b, c, targets), rel=1e-5)
+    masked = a.clone()
+    masked[:, 20:] = -math.inf  # columns one member rules out (the targets are below 20)
+    got = mixture_nlls(masked, b, targets)
+    assert got[1:] == pytest.approx(_direct_nlls(masked, b, targets)[1:], rel=1e-5)
+    assert got[0] == pytest.approx(_direct_nlls(b, b, targets)[0], rel=1e-5)  # beta 0: the other member alone

@@ -65,23 +65,83 @@ def fixed_weights(weights: Sequence[float], k: int) -> torch.Tensor:
     return torch.tensor([w / total for w in values], dtype=torch.float64)
 
 
-def mixture_nlls(current: torch.Tensor, candidate: torch.Tensor, targets: torch.Tensor, chunk: int = 8) -> list[float]:
+Mixture = torch.Tensor | Sequence[tuple[float, torch.Tensor]]
+"""Logits [T, V], or a weighted sum of such, ``[(weight, logits), ...]``, read a chunk of rows at a time."""
+
+_SPAN = 80.0
+"""Rows whose logits lie within this of their largest take the product sweep of
+:func:`mixture_nlls` in float32 (``exp(-80)`` is still a normal float32); others, and rows
+with a value that is not finite, take 21 plain logsumexps."""
+
+
+def mixture_nlls(current: Mixture, candidate: Mixture, targets: torch.Tensor, chunk: int = 8) -> list[float]:
     """Mean NLL of ``softmax(beta * current + (1 - beta) * candidate)`` for every beta of the grid.
 
-    Works through a few rows at a time and tries all 21 betas on them while they are in the
-    processor's cache, instead of sweeping the whole [T, V] matrices once per beta.
+    For one row, with ``a`` and ``b`` shifted so that their largest logits (``A``, ``B``) are 0::
+
+        logsumexp(beta * a + (1 - beta) * b) = beta * A + (1 - beta) * B + log sum_v exp(b_v) * q_v ** i
+
+    where ``q = exp((a - b) / 20)`` and ``beta = i / 20``: the 21 sums take two exponentials
+    and 20 products per column, where 21 logsumexps over the mixed rows took 21 exponentials
+    and a dozen passes. Every term stays in [0, 1]. A few rows at a time are read, so all
+    21 betas run on them while they are in the processor's cache.
+
+    >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    >>> [round(v, 4) for v in mixture_nlls(a, b, torch.tensor([0]))[::10]]
+    [2.1269, 0.6931, 0.1269]
     """
-    totals = [0.0] * len(BETAS)
-    count = current.shape[0]
+    totals = torch.zeros(len(BETAS), dtype=torch.float64)
+    count = targets.shape[0]
     for start in range(0, count, chunk):
-        a, b = current[start : start + chunk], candidate[start : start + chunk]
-        y = targets[start : start + chunk, None]
-        picked_a, picked_b = a.gather(-1, y).squeeze(-1), b.gather(-1, y).squeeze(-1)
-        for i, beta in enumerate(BETAS):
-            mixed = beta * a + (1 - beta) * b
-            picked = beta * picked_a + (1 - beta) * picked_b
-            totals[i] += float((torch.logsumexp(mixed, dim=-1) - picked).double().sum())
-    return [t / max(1, count) for t in totals]
+        stop = min(start + chunk, count)
+        a, b = _rows(current, start, stop), _rows(candidate, start, stop)
+        totals += _chunk_nlls(a, b, targets[start:stop, None].to(a.device))
+    return (totals / max(1, count)).tolist()
+
+
+def _rows(x: Mixture, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``x`` as a new float32 tensor (a weighted sum: added up)."""
+    if isinstance(x, torch.Tensor):
+        return x[start:stop].to(torch.float32, copy=True)
+    parts = [(w, t) for w, t in x if w != 0]
+    out = parts[0][1][start:stop].to(torch.float32, copy=True)
+    if parts[0][0] != 1:
+        out.mul_(parts[0][0])
+    for w, t in parts[1:]:
+        out.add_(t[start:stop].to(torch.float32), alpha=w)
+    return out
+
+
+def _chunk_nlls(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The summed NLLs [21] of a chunk's rows, one per beta (``a`` and ``b`` are overwritten)."""
+    betas = torch.tensor(BETAS, dtype=torch.float64)
+    top_a, top_b = a.amax(-1, keepdim=True), b.amax(-1, keepdim=True)
+    cost_a = (top_a - a.gather(-1, y)).double()  # [n, 1]: A - a_y, the picked logit's distance from the top
+    cost_b = (top_b - b.gather(-1, y)).double()
+    a.sub_(top_a)
+    b.sub_(top_b)
+    if not (bool((a.amin(-1) > -_SPAN).all()) and bool((b.amin(-1) > -_SPAN).all())):
+        return _plain_nlls(a, b, y)
+    q = torch.sub(a, b).div_(len(BETAS) - 1).exp_()
+    term = b.exp_()
+    sums = torch.empty(a.shape[0], len(BETAS), dtype=torch.float64)
+    sums[:, 0] = term.sum(-1)
+    for i in range(1, len(BETAS)):
+        sums[:, i] = term.mul_(q).sum(-1)
+    return (sums.log() + cost_b + betas * (cost_a - cost_b)).sum(0)
+
+
+def _plain_nlls(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`_chunk_nlls` by 21 logsumexps (logits not finite, or spread wider than ``_SPAN``)."""
+    picked_a, picked_b = a.gather(-1, y).squeeze(-1), b.gather(-1, y).squeeze(-1)
+    out = torch.zeros(len(BETAS), dtype=torch.float64)
+    for i, beta in enumerate(BETAS):
+        if beta in (0, 1):  # one member alone (0 * -inf would be nan)
+            mixed, picked = (a, picked_a) if beta == 1 else (b, picked_b)
+        else:
+            mixed, picked = beta * a + (1 - beta) * b, beta * picked_a + (1 - beta) * picked_b
+        out[i] = (torch.logsumexp(mixed, dim=-1) - picked).double().sum()
+    return out
 
 
 def opt_weights(nll: torch.Tensor, logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -90,20 +150,19 @@ def opt_weights(nll: torch.Tensor, logits: Sequence[torch.Tensor], targets: torc
     ``logits[k]`` is member k's logits on the prompt positions [T, V] (in the reference
     vocabulary) and ``targets`` the next tokens [T]. Members are visited best first; each
     is mixed in with the beta in {0, 0.05, ..., 1} that gives the strictly smallest fused
-    NLL (ties keep the smallest beta), and every member is visited.
+    NLL (ties keep the smallest beta), and every member is visited. The fused logits so far
+    are kept as their members' weights, and summed a chunk of rows at a time.
     """
     k = len(logits)
     order = sorted(range(k), key=lambda i: (float(nll[i]), i))
     weights = torch.zeros(k, dtype=torch.float64)
     weights[order[0]] = 1.0
-    current = logits[order[0]]
     for j in order[1:]:
-        candidate = logits[j]
+        current = [(float(weights[i]), logits[i]) for i in range(k) if weights[i] > 0]
         best_beta, best_value = BETAS[0], float("inf")
-        for beta, value in zip(BETAS, mixture_nlls(current, candidate, targets), strict=True):
+        for beta, value in zip(BETAS, mixture_nlls(current, logits[j], targets), strict=True):
             if value < best_value:
                 best_beta, best_value = beta, value
-        current = best_beta * current + (1 - best_beta) * candidate
         weights *= best_beta
         weights[j] = 1 - best_beta
     return weights
