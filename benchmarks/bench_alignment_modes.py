@@ -1,7 +1,7 @@
 """Cross-tokenizer fusion: bits per byte and decode time of each alignment mode.
 
 Usage:
-    python benchmarks/bench_alignment_modes.py [--threads 2] [--quick] [--parts bpb,decode,maps]
+    python benchmarks/bench_alignment_modes.py [--threads 2] [--quick] [--parts bpb,decode,batch,maps]
         [--packs pairs,three] [--out FILE]
 
 On real text of two kinds from installed packages (English news prose: gensim's
@@ -17,6 +17,8 @@ three-family pack:
   weights that scoring gives on the first line (sim and opt), plus uniform weights;
 - the decode time per generated token of each alignment against the sum of the members'
   own decode times (greedy, the same prompt, batch 1), measured in the same run;
+- a batch of 8 prompts against the same 8 one at a time, for each member alone (the
+  ceiling: what its backend gains from a batch) and for the three-family pack in each mode;
 - the vocabulary maps' load time from the disk cache (the cold build times are measured
   by ``benchmarks/bench_alignment.py``).
 
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short texts, fewer decode tokens (a smoke run)")
     parser.add_argument("--decode-tokens", type=int, default=48, help="tokens generated per decode timing")
     parser.add_argument(
-        "--parts", default="bpb,decode,maps", help="comma-separated parts to run: bpb, decode, maps (default: all)"
+        "--parts", default="bpb,decode,batch,maps", help="parts to run: bpb, decode, batch, maps (default: all)"
     )
     parser.add_argument(
         "--packs", default="pairs,three", help="which packs: pairs (each cross-tokenizer pair), three (all three)"
@@ -110,8 +112,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts or parts - {"bpb", "decode", "maps"}:
-        raise SystemExit(f"--parts {args.parts!r}: expected a comma-separated subset of bpb, decode, maps")
+    if not parts or parts - {"bpb", "decode", "batch", "maps"}:
+        raise SystemExit(f"--parts {args.parts!r}: expected a comma-separated subset of bpb, decode, batch, maps")
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     members = {name: load_member(f"{name},backend={args.backend}", progress=False) for name in DEFAULT_PACK}
@@ -140,6 +142,8 @@ def main() -> None:
         lines += bpb_part(members, data, names, cfgs, packs)
     if "decode" in parts:
         lines += decode_part(members, data, packs, 12 if args.quick else args.decode_tokens)
+    if "batch" in parts:
+        lines += batch_part(members, 12 if args.quick else args.decode_tokens)
     if "maps" in parts:
         lines += maps_part(members)
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -259,26 +263,47 @@ def decode_part(members, data, packs, n: int) -> list[str]:  # type: ignore[no-u
                 f"| {nat * 1000:.1f} | {nat / s:.2f} | {refed:.2f} |"
             )
             print(lines[-1], flush=True)
+    lines.append("")
+    return lines
+
+
+def batch_part(members, n: int) -> list[str]:  # type: ignore[no-untyped-def]
     nb = 6 if n < 20 else 16
-    lines += [
+    lines = [
+        "## Batch of 8 against one at a time",
         "",
-        f"Batch of 8 prompts (four prose, four code) against the same 8 one at a time, three-family pack, {nb} "
-        "tokens each (end of sequence ignored), sim weights, prefill included:",
+        f"Batch of 8 prompts (four prose, four code) against the same 8 one at a time, {nb} tokens each (end of "
+        "sequence ignored), sim weights, prefill included; each member alone (a one-member pack) first: what its "
+        "backend gains from a batch on this machine, the ceiling for a pack of them. Every prompt run once "
+        "before timing (the vocabulary maps of every reference it picks); two interleaved rounds, the least of "
+        "each. Last column: the time of the batch over the members' batches together.",
         "",
-        "| alignment | one at a time (tokens/s) | batch of 8 (tokens/s) | ratio |",
-        "|---|---:|---:|---:|",
+        "| who | one at a time (tokens/s) | batch of 8 (tokens/s) | ratio | batch / members' batches |",
+        "|---|---:|---:|---:|---:|",
     ]
     never = [never_ending(x) for x in members.values()]
-    engine = PackEngine(never, progress=False)
-    for align in ("mined", "natural"):
-        start = time.perf_counter()
+    pack = PackEngine(never, progress=False)
+    runs = [(SHORT[m.name] + " alone", PackEngine([m], progress=False), {}) for m in never]
+    runs += [(f"pack, {a}", pack, {"alignment": a}) for a in ("mined", "natural")]
+    for _, engine, settings in runs:
         for prompt in BATCH:
-            engine.generate(prompt, max_new_tokens=nb, alignment=align)
-        one = time.perf_counter() - start
-        start = time.perf_counter()
-        engine.generate_batch(BATCH, max_new_tokens=nb, alignment=align)
-        eight = time.perf_counter() - start
-        lines.append(f"| {align} | {8 * nb / one:.2f} | {8 * nb / eight:.2f} | {one / eight:.2f} |")
+            engine.generate(prompt, max_new_tokens=2, **settings)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in runs}
+    for _ in range(2):
+        for name, engine, settings in runs:
+            start = time.perf_counter()
+            for prompt in BATCH:
+                engine.generate(prompt, max_new_tokens=nb, **settings)
+            one = time.perf_counter() - start
+            start = time.perf_counter()
+            engine.generate_batch(BATCH, max_new_tokens=nb, **settings)
+            times[name].append((one, time.perf_counter() - start))
+    least = {name: (min(t[0] for t in v), min(t[1] for t in v)) for name, v in times.items()}
+    alone = [least[name] for name, engine, _ in runs if engine is not pack]
+    least["members together"] = (sum(t[0] for t in alone), sum(t[1] for t in alone))
+    for name, (one, eight) in least.items():
+        share = "" if name.endswith("alone") else f"{eight / least['members together'][1]:.2f}x"
+        lines.append(f"| {name} | {8 * nb / one:.2f} | {8 * nb / eight:.2f} | {one / eight:.2f} | {share} |")
         print(lines[-1], flush=True)
     lines.append("")
     return lines

@@ -431,3 +431,34 @@ def test_projected_scores_written_by_kind_equal_the_full_scores(
     p = torch.softmax(m.scores(case.last).float(), -1).index_select(1, proj._src)
     columns = torch.zeros(len(case), r.vocab_size).index_add_(1, proj._dst, p)[:, proj._dst.unique()]
     assert bool((columns == 0).any()), "the sharpened states should round some reachable column to 0"
+
+
+@pytest.mark.parametrize(("ref", "other"), [("bl", "sp"), ("sp", "bl")])
+def test_reader_views_score_each_row_as_its_view_does(ref: str, other: str, request: pytest.FixtureRequest) -> None:
+    """Decoding scores all of a member's rows in one projection call (:meth:`BatchReader.views`):
+    each row equals that row scored alone, whether its log-probabilities before the last token
+    were kept from the step before (one new token) or are computed (a re-fed tail)."""
+    r: Member = request.getfixturevalue(ref)
+    m: Member = request.getfixturevalue(other)
+    proj = Projection(r, m, PackEngine([r, m]).vocab_map(0, 1))
+    texts = [TEXT, PROMPTS[1] + "\n    return os.path.join(a, b)", PROMPT + " naïve café", "x = 1"]
+    ends = [4, 10, 3, 2]
+    first = [m.encode(t[:n]) or start_ids(m) for t, n in zip(texts, ends, strict=True)]
+    reader = BatchReader.from_prefill(m, first, m.prefill(first, rollback=True))
+    kept = computed = 0
+    for step in range(24):
+        rows = [b for b in range(len(texts)) if ends[b] < len(texts[b]) and step % (b + 1) == 0]
+        for b in rows:
+            ends[b] = min(len(texts[b]), ends[b] + 1 + step % 3)
+        reader.advance({b: m.encode(texts[b][: ends[b]]) for b in rows})
+        rows = rows or [0]
+        known = [reader.view(b, proj).prev_logprobs is not None for b in rows]
+        kept += sum(known)
+        computed += len(known) - sum(known)
+        alone = [projected_scores(proj, m, reader.view(b, proj)) for b in rows]
+        together, logprobs = projected_scores(proj, m, reader.views(rows, proj))
+        for i, b in enumerate(rows):
+            torch.testing.assert_close(together[i], alone[i][0][0], atol=1e-5, rtol=1e-6)
+            torch.testing.assert_close(logprobs[i], alone[i][1][0], atol=1e-5, rtol=1e-6)
+            reader.last_logprobs[b] = logprobs[i]  # as the aligner keeps them for the next step
+    assert kept and computed, "both kinds of rows should have been scored together"

@@ -29,7 +29,7 @@ import torch
 
 from ..backends.base import MemberBackend, Prefill
 from ..errors import PackLLMError, PromptTooLongError
-from .projection import NaturalStates, Projection
+from .projection import NaturalStates, Projection, _logits
 from .vocabulary import common_prefix
 
 __all__ = ["BatchReader", "natural_states", "token_ends", "common_prefix", "start_ids", "check_window"]
@@ -152,6 +152,36 @@ class BatchReader:
         """Row b's current position as a one-row :class:`NaturalStates`."""
         return NaturalStates.one(
             self.member, self.ids[b], self.state[b], self.prev[b], projection, self._prev_logprobs[b]
+        )
+
+    def views(self, rows: Sequence[int], projection: Projection | None) -> NaturalStates:
+        """Rows ``rows``' current positions as one :class:`NaturalStates` (its row i is ``rows[i]``),
+        for one projection call over all of them. Log-probabilities before the last token that
+        a row kept from its last step are reused; the others are computed, all in one call."""
+        parts = [self.view(b, projection) for b in rows]
+        if len(parts) == 1:
+            return parts[0]
+        prev = torch.cat([p.prev for p in parts])
+        has_prev = torch.cat([p.has_prev for p in parts])
+        known = [p.prev_logprobs for p in parts]
+        prev_logprobs = None
+        if any(lp is not None for lp in known) and projection is not None and projection.heal:
+            missing = [i for i, lp in enumerate(known) if lp is None and bool(has_prev[i])]
+            fresh = torch.log_softmax(_logits(self.member, prev[missing]), dim=-1) if missing else None
+            first = next(lp for lp in known if lp is not None)
+            prev_logprobs = first.new_zeros(len(parts), first.shape[-1])  # rows with no prev: never read
+            for i, lp in enumerate(known):
+                if lp is not None:
+                    prev_logprobs[i] = lp[0]
+            if fresh is not None:
+                prev_logprobs[missing] = fresh
+        return NaturalStates(
+            last=torch.cat([p.last for p in parts]),
+            prev=prev,
+            last_ids=torch.cat([p.last_ids for p in parts]),
+            has_prev=has_prev,
+            projection=projection,
+            prev_logprobs=prev_logprobs,
         )
 
 

@@ -206,7 +206,7 @@ class Natural(Aligner):
     def start(self, rows: Sequence[Row]) -> None:
         self._width = max(self.pack.members[row.plan.reference].vocab_size for row in rows)
         with prefill_faults(self.member.name, range(len(rows))):
-            scores = torch.cat([self._row_scores(row) for row in rows])
+            scores = self._scores_of(rows)
         self.next = scores.to(self.member.device)  # [B, V_max], padded with -inf
 
     def reference_scores(self, rows: torch.Tensor, r: int, vocab: int) -> torch.Tensor:
@@ -215,8 +215,8 @@ class Natural(Aligner):
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
         live = [row for row in rows if row.finish is None and float(row.weights[self.k]) > 0]
         self.reader.advance({row.index: self._reading(row) for row in live})
-        for row in live:
-            self.next[row.index] = self._row_scores(row)[0]
+        if live:
+            self.next[[row.index for row in live]] = self._scores_of(live).to(self.next.device)
 
     @property
     def names_tokens(self) -> bool:
@@ -271,7 +271,7 @@ class Natural(Aligner):
 
         for b, (now, before) in asked.items():
             reader.rescored(b, packed(now), None if before is None else packed(before))
-            self.next[b] = self._row_scores(rows[b])[0]
+            self.next[b] = self._scores_of([rows[b]])[0].to(self.next.device)
 
     def _reading(self, row: Row) -> list[int]:
         """What the member reads for ``row`` now."""
@@ -279,19 +279,25 @@ class Natural(Aligner):
             return row.plan.inputs[self.k] + row.fed_ids
         return self.member.encode(row.texts[self.k] + row.read_text)
 
-    def _row_scores(self, row: Row) -> torch.Tensor:
-        """The reader's scores for ``row`` in its reference's vocabulary [1, V_max] (padded with -inf)."""
-        m, reader, b = self.member, self.reader, row.index
-        r = row.plan.reference
-        proj = self.pack.projections(r, self.k)
-        if proj is None:
-            scores = in_reference(m, m.scores(reader.state[b][None]), None, self.pack.members[r].vocab_size)
-        else:
-            scores, logprobs = projected_scores(proj, m, reader.view(b, proj))
-            reader.last_logprobs[b] = logprobs[0]
-        if scores.shape[-1] < self._width:
-            scores = torch.cat([scores, scores.new_full((1, self._width - scores.shape[-1]), -math.inf)], dim=-1)
-        return scores
+    def _scores_of(self, rows: Sequence[Row]) -> torch.Tensor:
+        """The reader's scores for ``rows`` in their references' vocabularies [len(rows), V_max] (padded
+        with -inf): one call per reference (head and projection batched); a sparse member's sets, per row."""
+        m, reader = self.member, self.reader
+        out = torch.full((len(rows), self._width), -math.inf, device=m.device)
+        for r in sorted({row.plan.reference for row in rows}):
+            at = [i for i, row in enumerate(rows) if row.plan.reference == r]
+            proj = self.pack.projections(r, self.k)
+            for part in [[i] for i in at] if m.sparse else [at]:
+                index = [rows[i].index for i in part]
+                if proj is None:
+                    state = torch.stack([reader.state[b] for b in index])
+                    scores = in_reference(m, m.scores(state), None, self.pack.members[r].vocab_size)
+                else:
+                    scores, logprobs = projected_scores(proj, m, reader.views(index, proj))
+                    for j, b in enumerate(index):
+                        reader.last_logprobs[b] = logprobs[j]
+                out[part, : scores.shape[-1]] = scores.to(out.device)
+        return out
 
 
 def open_aligners(pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, natural: bool) -> list[Aligner]:
