@@ -163,10 +163,10 @@ def cost(pack: PackEngine, tasks: list, args: argparse.Namespace) -> None:
         f"`python benchmarks/bench_scoring.py --cost --items {args.items} --tasks {args.tasks} --rounds "
         f"{args.rounds}`; default pack on llama.cpp, {torch.get_num_threads()} threads, {platform.machine()}, "
         f"Python {platform.python_version()}. Each task's pairs scored in batches of {BATCH} by each member alone "
-        "(a one-member pack: its forward passes) and by the pack under each setting; rounds interleaved, each "
-        "time the least over rounds (the least disturbed: the machine is shared, and one round's members' sum "
-        "has varied by 40%). Ratio: the setting's time over the sum of the members' (target <= 1.5); the last "
-        "row puts the medians over rounds side by side.",
+        "(a one-member pack: its forward passes) and by the pack under each setting, interleaved batch by batch "
+        "(every method on a batch, then the next batch) in each round; each batch's least time over the rounds "
+        "(the least disturbed: the machine is shared), summed. Ratio: the setting's time over the sum of the "
+        "members' (target <= 1.5); the last row: whole rounds' medians.",
         "",
         "| task | pairs | members' sum s | " + " | ".join(COST_METHODS) + " |",
         "|---|---:|---:|" + "---:|" * len(COST_METHODS),
@@ -176,12 +176,16 @@ def cost(pack: PackEngine, tasks: list, args: argparse.Namespace) -> None:
     medians = dict.fromkeys(["members", *COST_METHODS], 0.0)
     for task in tasks:
         pairs = task.pairs()
-        rounds: dict[str, list[float]] = {name: [] for name in ["members", *COST_METHODS]}
-        for _ in range(args.rounds):
-            rounds["members"].append(sum(timed(solo, pairs, {})[0] for _, solo in solos))
-            for name, settings in COST_METHODS.items():
-                rounds[name].append(timed(pack, pairs, settings)[0])
-        least = {name: min(t) for name, t in rounds.items()}
+        batches = [pairs[i : i + BATCH] for i in range(0, len(pairs), BATCH)]
+        names = ["members", *COST_METHODS]
+        runs: dict[str, list[list[float]]] = {name: [[] for _ in batches] for name in names}
+        for _ in range(args.rounds):  # batch by batch, every method in turn: a slow spell hits them all
+            for j, batch in enumerate(batches):
+                runs["members"][j].append(sum(timed(solo, batch, {})[0] for _, solo in solos))
+                for name, settings in COST_METHODS.items():
+                    runs[name][j].append(timed(pack, batch, settings)[0])
+        rounds = {name: [sum(r[i] for r in runs[name]) for i in range(args.rounds)] for name in names}
+        least = {name: sum(min(t) for t in runs[name]) for name in names}
         for name, t in rounds.items():
             totals[name] += least[name]
             medians[name] += statistics.median(t)

@@ -32,7 +32,8 @@ class Fault:
 
 @contextmanager
 def faulty(member: Member, kind: str, armed: bool = True, delay: float = 0.0) -> Iterator[Fault]:
-    """Make the member's head give a fault while ``fault.armed`` (the test arms it mid-stream)."""
+    """Make the member's head give a fault while ``fault.armed`` (the test arms it mid-stream);
+    'slow' delays every forward of the model's body instead (each prefill chunk, each step)."""
     fault = Fault(kind, armed, delay)
 
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -46,7 +47,8 @@ def faulty(member: Member, kind: str, armed: bool = True, delay: float = 0.0) ->
         value = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[fault.kind]
         return torch.full_like(output, value)
 
-    handle = member.model.get_output_embeddings().register_forward_hook(hook)
+    module = member.model.get_decoder() if kind == "slow" else member.model.get_output_embeddings()
+    handle = module.register_forward_hook(hook)
     try:
         yield fault
     finally:
