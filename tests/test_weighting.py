@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from packllm_integrations.decoding import weighting
 from packllm_integrations.decoding.weighting import (
     fixed_weights,
     mixture_nlls,
@@ -61,6 +62,9 @@ def test_opt_ties_keep_the_smallest_beta() -> None:
     assert w.tolist() == [0.0, 1.0]  # beta = 0: all weight to the member visited second
 
 
+_plain = weighting._plain_nlls
+
+
 def _direct_nlls(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> list[float]:
     """The fused mean NLL per beta, straight from its definition, in float64."""
     out = []
@@ -71,15 +75,18 @@ def _direct_nlls(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> lis
     return out
 
 
-@pytest.mark.parametrize("spread", [1.0, 30.0, 200.0])
-def test_mixture_nlls_match_the_definition(spread: float) -> None:
-    """The product sweep (logits within 80 of their top) and the plain path (wider) agree with
-    the definition, across chunk boundaries (19 rows, chunks of 8)."""
+@pytest.mark.parametrize(("spread", "sweep"), [(1.0, True), (10.0, True), (200.0, False)])
+def test_mixture_nlls_match_the_definition(spread: float, sweep: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product sweep (logits within 80 of their top: rows 7 and 73 nats wide here) and the
+    plain path (wider) agree with the definition, across chunk boundaries (19 rows)."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(19, 300, generator=gen) * spread
     b = torch.randn(19, 300, generator=gen) * spread
     targets = torch.randint(0, 300, (19,), generator=gen)
+    plain = []
+    monkeypatch.setattr(weighting, "_plain_nlls", lambda *args: plain.append(1) or _plain(*args))
     got = mixture_nlls(a, b, targets)
+    assert bool(plain) != sweep  # the path the spread should take
     assert got == pytest.approx(_direct_nlls(a, b, targets), rel=1e-5, abs=1e-4)
 
 
