@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from packllm_integrations.alignment.projected_nll import projected_nll
 from packllm_integrations.alignment.projected_scores import projected_scores
 from packllm_integrations.alignment.projection import NaturalStates, Projection
 from packllm_integrations.alignment.vocabulary import token_bytes
+from packllm_integrations.decoding import fusion
 
 PROMPT = "The function returns the value of the"
 PROMPTS = [PROMPT, "import os\nimport sys\n\ndef main(", "A class is"]
@@ -428,6 +430,12 @@ def test_projected_scores_written_by_kind_equal_the_full_scores(
         assert torch.equal(torch.isinf(got), torch.isinf(want))
         finite = torch.isfinite(want)
         torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-5)
+        assert len(case) > 8  # projected a few rows at a time: the same scores up to float32 rounding
+        torch.testing.assert_close(
+            fusion.reference_scores(m, case, None, r.vocab_size, rows=3), got, rtol=1e-5, atol=1e-5
+        )
+        kept = torch.log_softmax(m.scores(case.prev).float(), -1)  # a slice keeps known previous log-probabilities
+        assert torch.equal(dataclasses.replace(case, prev_logprobs=kept)[1:3].prev_logprobs, kept[1:3])
     p = torch.softmax(m.scores(case.last).float(), -1).index_select(1, proj._src)
     columns = torch.zeros(len(case), r.vocab_size).index_add_(1, proj._dst, p)[:, proj._dst.unique()]
     assert bool((columns == 0).any()), "the sharpened states should round some reachable column to 0"

@@ -75,14 +75,19 @@ def _direct_nlls(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> lis
     return out
 
 
-@pytest.mark.parametrize(("spread", "sweep"), [(1.0, True), (10.0, True), (200.0, False)])
-def test_mixture_nlls_match_the_definition(spread: float, sweep: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("spread", "sweep", "columns"), [(1.0, True, 300), (10.0, True, 300), (5.0, True, 9000), (200.0, False, 300)]
+)
+def test_mixture_nlls_match_the_definition(
+    spread: float, sweep: bool, columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The product sweep (logits within 80 of their top: rows 7 and 73 nats wide here) and the
-    plain path (wider) agree with the definition, across chunk boundaries (19 rows)."""
+    plain path (wider) agree with the definition, across chunk boundaries (19 rows) and, with
+    9000 columns, across the sweep's blocks (two whole blocks of 4096 and a part)."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(19, 300, generator=gen) * spread
-    b = torch.randn(19, 300, generator=gen) * spread
-    targets = torch.randint(0, 300, (19,), generator=gen)
+    a = torch.randn(19, columns, generator=gen) * spread
+    b = torch.randn(19, columns, generator=gen) * spread
+    targets = torch.randint(0, columns, (19,), generator=gen)
     plain = []
     monkeypatch.setattr(weighting, "_plain_nlls", lambda *args: plain.append(1) or _plain(*args))
     got = mixture_nlls(a, b, targets)

@@ -49,9 +49,9 @@ class NaturalStates:
         return int(self.last.shape[0])
 
     def __getitem__(self, index: slice) -> NaturalStates:
-        return NaturalStates(
-            self.last[index], self.prev[index], self.last_ids[index], self.has_prev[index], self.projection
-        )
+        prev = None if self.prev_logprobs is None else self.prev_logprobs[index]
+        rows = (self.last[index], self.prev[index], self.last_ids[index], self.has_prev[index])
+        return NaturalStates(*rows, self.projection, prev)
 
     @staticmethod
     def one(

@@ -57,14 +57,25 @@ def in_reference(member: MemberBackend, scores: Scores, vmap: VocabMap | None, v
 
 
 def reference_scores(
-    member: MemberBackend, states: torch.Tensor | NaturalStates, vmap: VocabMap | None, vocab: int
+    member: MemberBackend, states: torch.Tensor | NaturalStates, vmap: VocabMap | None, vocab: int, rows: int = 0
 ) -> torch.Tensor:
     """A member's states at T positions as logits in the reference vocabulary [T, V] (float32).
 
-    :class:`NaturalStates` (natural alignment) go through their projection."""
+    :class:`NaturalStates` (natural alignment) go through their projection; with ``rows``, that
+    many rows at a time, so that its dozen passes over the reference vocabulary run on rows
+    that stay in the processor's cache and only the result is written out whole (the member's
+    logits are then computed per chunk too, which can move float32 roundings)."""
     if isinstance(states, NaturalStates):
-        if states.projection is not None:
-            return projected_scores(states.projection, member, states)[0]
+        proj = states.projection
+        if proj is not None:
+            if not 0 < rows < len(states):
+                return projected_scores(proj, member, states)[0]
+            first = projected_scores(proj, member, states[:rows])[0]
+            out = first.new_empty(len(states), proj.vocab)
+            out[:rows] = first
+            for start in range(rows, len(states), rows):
+                out[start : start + rows] = projected_scores(proj, member, states[start : start + rows])[0]
+            return out
         states = states.last
     return in_reference(member, member.scores(states), vmap, vocab)
 

@@ -23,6 +23,9 @@ from .weighting import compute_weights, fixed_weights
 
 __all__ = ["States", "own_scale_nll", "prompt_nll", "prompt_weights"]
 
+_ROWS = 4
+"""Prompt positions projected at a time for 'opt' (see :func:`~.fusion.reference_scores`)."""
+
 States = Callable[[int], torch.Tensor | NaturalStates]
 """Member k's states at the positions that predict the prompt's scored tokens [T, ...]."""
 
@@ -101,7 +104,7 @@ def prompt_weights(
         out = []
         for k in keep:
             with prefill_faults(members[k].name, (b,)):
-                out.append(reference_scores(members[k], states(k), pack.maps(r, k), vocab))
+                out.append(reference_scores(members[k], states(k), pack.maps(r, k), vocab, rows=_ROWS))
         return out
 
     weights = torch.zeros(len(members), dtype=torch.float64)
