@@ -81,11 +81,11 @@ def mixture_nlls(current: Mixture, candidate: Mixture, targets: torch.Tensor, ch
 
         logsumexp(beta * a + (1 - beta) * b) = beta * A + (1 - beta) * B + log sum_v exp(b_v) * q_v ** i
 
-    where ``q = exp((a - b) / 20)`` and ``beta = i / 20``. With ``i = 5 * j + r``, the 21 sums
-    are the entries of one small matrix product, ``sum_v (exp(b_v) * q_v ** (5 * j)) *
-    q_v ** r`` for j and r in 0..4 (:func:`_power_sums`): eight products per column and one
-    matrix multiply, where 21 logsumexps over the mixed rows took 21 exponentials and a dozen
-    passes. Every term stays in [0, 1]. ``chunk`` rows are read at a time.
+    where ``q = exp((a - b) / 20)`` and ``beta = i / 20``: the 21 sums take two exponentials
+    and 20 products per column, where 21 logsumexps over the mixed rows took 21 exponentials
+    and a dozen passes. Every term stays in [0, 1]. Two rows at a time are read (``chunk``),
+    so all 21 betas run on them while they are in the processor's cache (2 rows: 1.5x to 1.9x
+    faster than 8 on Gemma's 262k columns).
 
     >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     >>> [round(v, 4) for v in mixture_nlls(a, b, torch.tensor([0]))[::10]]
@@ -123,40 +123,13 @@ def _chunk_nlls(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tens
     b.sub_(top_b)
     if not (bool((a.amin(-1) > -_SPAN).all()) and bool((b.amin(-1) > -_SPAN).all())):
         return _plain_nlls(a, b, y)
-    width = a.shape[1]
-    whole = width - width % _BLOCK
-    sums = _power_sums(a[:, :whole], b[:, :whole], _BLOCK) if whole else 0
-    if whole < width:
-        sums = sums + _power_sums(a[:, whole:], b[:, whole:], width - whole)
-    return (sums[:, : len(BETAS)].log() + cost_b + betas * (cost_a - cost_b)).sum(0)
-
-
-_BLOCK = 4096
-"""Columns per block of :func:`_power_sums`' matrix product: each block's sums are taken in
-float32 and added up in float64, as accurate as a sum over the whole row (tested)."""
-
-
-def _power_sums(a: torch.Tensor, b: torch.Tensor, block: int) -> torch.Tensor:
-    """``sum_v exp(b_v) * q_v ** i`` for i in 0..24 [n, 25] (float64), ``q = exp((a - b) / 20)``;
-    ``a`` and ``b`` [n, m] shifted to a largest value of 0, ``m`` a multiple of ``block``.
-
-    ``P[j] = exp(b) * q ** (5 * j)`` and ``Q[r] = q ** r`` for j, r in 0..4, laid out a block of
-    columns at a time, so that ``P @ Q.T`` per block gives entry ``5 * j + r``."""
-    n, m = a.shape
-    blocks = m // block
-    a, b = a.view(n, blocks, block), b.view(n, blocks, block)
-    p = torch.empty(n, blocks, 5, block, dtype=a.dtype, device=a.device)
-    q = torch.empty_like(p)
-    torch.exp(b, out=p[:, :, 0])
-    q[:, :, 0] = 1
-    torch.sub(a, b, out=q[:, :, 1]).div_(len(BETAS) - 1).exp_()
-    torch.mul(q[:, :, 1], q[:, :, 1], out=q[:, :, 2])
-    torch.mul(q[:, :, 2], q[:, :, 1], out=q[:, :, 3])
-    torch.mul(q[:, :, 2], q[:, :, 2], out=q[:, :, 4])
-    fifth = q[:, :, 4] * q[:, :, 1]
-    for j in range(1, 5):
-        torch.mul(p[:, :, j - 1], fifth, out=p[:, :, j])
-    return torch.matmul(p, q.transpose(-1, -2)).double().sum(1).reshape(n, 25)
+    q = torch.sub(a, b).div_(len(BETAS) - 1).exp_()
+    term = b.exp_()
+    sums = torch.empty(a.shape[0], len(BETAS), dtype=torch.float64)
+    sums[:, 0] = term.sum(-1)
+    for i in range(1, len(BETAS)):
+        sums[:, i] = term.mul_(q).sum(-1)
+    return (sums.log() + cost_b + betas * (cost_a - cost_b)).sum(0)
 
 
 def _plain_nlls(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
