@@ -56,12 +56,16 @@ class ScoreRow:
 
 
 def score_rows(report: EvalReport) -> list[ScoreRow]:
-    """One row per task, plus a mean row per metric shared by two or more tasks."""
+    """One row per task, plus a mean row per metric shared by two or more tasks.
+
+    A row pooled from other tasks' items (the suite's ``prose+code``, whose settings name
+    ``pooled_from``) is shown but left out of the mean: its windows are already there."""
     methods = report.method_names
     rows: list[ScoreRow] = []
     by_metric: dict[str, list[TaskResult]] = {}
     for t in report.tasks:
-        by_metric.setdefault(t.metric, []).append(t)
+        if not t.settings.get("pooled_from"):
+            by_metric.setdefault(t.metric, []).append(t)
         rows.append(_row(t.task, t.metric, t.items, {m: t.scores.get(m) for m in methods}, t.higher_is_better))
     for metric, tasks in by_metric.items():
         if len(tasks) < 2:
