@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -74,7 +75,7 @@ def test_rows_mark_the_best_and_average_shared_metrics(report):
 def test_a_pooled_row_is_left_out_of_its_metrics_mean(report):
     code = _result("code", "bits_per_byte", {m: 0.5 for m in report.method_names}, [0.2, 0.4], ["coder", "coder"])
     pooled = _result("prose+code", "bits_per_byte", {m: 0.9 for m in report.method_names}, [0.7, 0.9, 0.2, 0.4], [])
-    pooled = TaskResult.from_dict({**pooled.__dict__, "settings": {"pooled_from": ["prose", "code"]}})
+    pooled = replace(pooled, settings={"pooled_from": ["prose", "code"]})
     rows = {r.task: r for r in score_rows(EvalReport(MEMBERS, METHODS, [*report.tasks, code, pooled]))}
     assert "prose+code" in rows  # shown as its own row
     mean = next(r for r in rows.values() if r.task.startswith("mean") and r.metric == "bits_per_byte")
