@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion",
         choices=TOKEN_FUSIONS,
         help="how the weighted members' scores become one distribution: weighted sum of logits (logits), mixture "
-        "over the union of each member's best tokens (union), the leading member alone where it is confident "
-        f"(gated), or the pack against its weakest member (contrastive); default: {_DEFAULTS.fusion}",
+        "of probabilities (mixture), mixture over the union of each member's best tokens (union), the leading "
+        "member alone where it is confident (gated), or the pack against its weakest member (contrastive); "
+        f"default: {_DEFAULTS.fusion}",
     )
     gen.add_argument(
         "--union-k", type=int, help=f"with --fusion union: each member's best tokens (default {_DEFAULTS.union_k})"

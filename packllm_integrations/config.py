@@ -15,7 +15,7 @@ __all__ = ["FUSIONS", "GenerationConfig", "STRATEGIES", "TOKEN_FUSIONS", "settin
 STRATEGIES = ("sim", "opt", "uniform", "top1", "fixed")
 """The weighting strategies (:mod:`.decoding.weighting` computes them)."""
 
-FUSIONS = ("logits", "union", "gated", "contrastive", "sequence")
+FUSIONS = ("logits", "mixture", "union", "gated", "contrastive", "sequence")
 """The fusion rules (:func:`.decoding.fusion.fuse_by` applies the token-level ones; ``sequence``
 is for scoring only, :mod:`.decoding.scoring`)."""
 TOKEN_FUSIONS = FUSIONS[:-1]
@@ -105,7 +105,8 @@ class GenerationConfig:
     fusion: str = _setting(
         "logits",
         "How the weighted members' next-token scores become one distribution: 'logits' (the paper: the weighted "
-        "sum of logits), 'union' (the weighted mixture of probabilities over the union of each member's union_k "
+        "sum of logits), 'mixture' (the weighted mixture of the members' probabilities over the whole vocabulary), "
+        "'union' (the weighted mixture of probabilities over the union of each member's union_k "
         "best tokens), 'gated' (the leading member alone where its best token has probability >= gate or every "
         "member's best token is the same; the weighted sum elsewhere) or 'contrastive' (the pack without its "
         "lowest-weighted member against that member: (1 + contrast) log p_expert - contrast log p_amateur, among "

@@ -43,6 +43,37 @@ def test_union_is_the_mixture_of_probabilities_on_the_union_of_each_members_best
     assert all(bool(fused.support[g, picked[g]]) for g in range(4))
 
 
+def test_mixture_is_the_weighted_mixture_of_probabilities_over_every_token() -> None:
+    a, b = _scores(6), _scores(7)
+    w = torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.05, 0.95], [1.0, 0.0]])
+    fused = fuse_by(FusionRule("mixture"), [a, b], w)
+    assert fused.support is None
+    mixture = w[:, :1] * a.softmax(-1) + w[:, 1:] * b.softmax(-1)
+    assert torch.allclose(fused.logits.exp(), mixture, atol=1e-6)
+    assert torch.equal(fused.logits[3], torch.log_softmax(a[3], -1))  # a zero weight takes no part
+    # it never loses more than -log(w_k) to a member it mixes with weight w_k; a sum of logits can
+    targets = torch.arange(4)
+    for k, member in enumerate((a, b)):
+        alone = torch.log_softmax(member, -1).gather(-1, targets[:, None]).squeeze(-1)
+        bound = alone + torch.log(w[:, k])
+        assert bool((fused.log_probs(targets) >= bound - 1e-5).all())
+
+
+def test_mixture_scores_are_the_weighted_mixture_of_the_members_alone(bl: Member, bl_b: Member) -> None:
+    """Two members that share a tokenizer: each scored token's fused probability is the weighted
+    mixture of each member's own probability of it."""
+    pairs = [(PROMPT, " value of the list"), ("import os\nimport sys\n\ndef main(", "):\n    pass")]
+    weights = (0.3, 0.7)
+    fused = PackEngine([bl, bl_b], fusion="mixture", weighting="fixed", weights=weights).score(pairs)
+    alone = [PackEngine([m]).score(pairs) for m in (bl, bl_b)]
+    for i, r in enumerate(fused):
+        mixed = [
+            math.log(weights[0] * math.exp(x) + weights[1] * math.exp(y))
+            for x, y in zip(alone[0][i].token_logprobs, alone[1][i].token_logprobs, strict=True)
+        ]
+        assert r.token_logprobs == pytest.approx(mixed, abs=1e-4)
+
+
 def test_gated_follows_a_confident_leader_and_fuses_elsewhere() -> None:
     vocab = 5
     leader = torch.full((2, vocab), -5.0)

@@ -10,6 +10,11 @@ vocabulary.
 :func:`fuse_by` is the seam where a fusion rule is chosen (``GenerationConfig.fusion``):
 
 - ``"logits"`` (PackLLM): the weighted sum of the members' logits (:func:`fuse`);
+- ``"mixture"``: the weighted mixture (linear interpolation) of the members' probabilities
+  over the whole vocabulary. Where a member is overweighted, a mixture loses at most
+  ``-log(1 - w)`` nats a token to the member it dilutes, where a sum of logits can lose
+  without bound; measured, it keeps a much weaker member from costing the pack
+  (docs/RESULTS.md);
 - ``"union"`` (top-k union, after UniTE): the weighted mixture of the members'
   probabilities, with only the union of each member's ``union_k`` best tokens allowed;
 - ``"gated"``: the leading member's own distribution where it is confident (its best
@@ -181,6 +186,8 @@ def fuse_by(rule: FusionRule, scores: Sequence[torch.Tensor | None], weights: to
     """
     if rule.name == "logits":
         return Fused(fuse(scores, weights))
+    if rule.name == "mixture":
+        return Fused(_mixture(scores, weights))
     if rule.name == "union":
         return _union(scores, weights, rule.union_k)
     if rule.name == "gated":
@@ -194,22 +201,30 @@ def _taking_part(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -
     return [k for k, s in enumerate(scores) if s is not None and bool((weights[:, k] > 0).any())]
 
 
+def _mixture(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
+    """``log sum_k w_k softmax(scores[k])`` [G, V]: the log of the members' weighted mixture."""
+    mix: torch.Tensor | None = None
+    for k in _taking_part(scores, weights):
+        term = scores[k]
+        assert term is not None
+        logp = torch.log_softmax(term.float(), dim=-1) + torch.log(weights[:, k].to(term.device))[:, None]
+        mix = logp if mix is None else torch.logaddexp(mix, logp)
+    if mix is None:
+        raise PackLLMError("fusion needs a member with a positive weight and scores; none has both")
+    return mix
+
+
 def _union(scores: Sequence[torch.Tensor | None], weights: torch.Tensor, k_best: int) -> Fused:
     """Mixture of probabilities, allowed only on the union of each member's best tokens."""
-    mix: torch.Tensor | None = None
     support: torch.Tensor | None = None
     for k in _taking_part(scores, weights):
         term = scores[k]
         assert term is not None
-        w = weights[:, k].to(term.device)
-        logp = torch.log_softmax(term.float(), dim=-1) + torch.log(w)[:, None]
-        mix = logp if mix is None else torch.logaddexp(mix, logp)
         best = term.topk(min(k_best, term.shape[-1]), dim=-1).indices
-        hit = torch.zeros_like(term, dtype=torch.bool).scatter_(-1, best, True) & (w > 0)[:, None]
+        hit = torch.zeros_like(term, dtype=torch.bool).scatter_(-1, best, True)
+        hit &= (weights[:, k] > 0).to(term.device)[:, None]
         support = hit if support is None else support | hit
-    if mix is None:
-        raise PackLLMError("fusion needs a member with a positive weight and scores; none has both")
-    return Fused(mix, support)
+    return Fused(_mixture(scores, weights), support)
 
 
 def _gated(scores: Sequence[torch.Tensor | None], weights: torch.Tensor, gate: float) -> Fused:

@@ -102,7 +102,7 @@ class PackModel(BaseModel):
         alignment: str | None = None
         """How a member with another tokenizer reads the text: 'mined' or 'natural'."""
         fusion: str | None = None
-        """How the weighted members' scores are fused: 'logits', 'union', 'gated' or 'contrastive'."""
+        """How the weighted members' scores are fused: 'logits', 'mixture', 'union', 'gated' or 'contrastive'."""
         union_k: int | None = None
         """With fusion='union', how many of each member's best tokens join the union."""
         gate: float | None = None
