@@ -49,15 +49,19 @@ def test_single_member_matches_transformers_generate(fixture: str, request: pyte
     assert tokens == hf_greedy(member, PROMPT, 12)
 
 
-def test_weights_one_zero_reproduce_first_member_logits(bl: Member, sp: Member) -> None:
+@pytest.mark.parametrize("fusion", ["logits", "mixture"])
+def test_weights_one_zero_reproduce_first_member_logits(bl: Member, sp: Member, fusion: str) -> None:
     for pack in ([bl, sp], [sp, bl]):
-        engine = PackEngine(pack, weights=(1.0, 0.0), reference=pack[0].name)
+        engine = PackEngine(pack, weights=(1.0, 0.0), reference=pack[0].name, fusion=fusion)
         session = engine.session([PROMPT])
         session.prefill()
         for _ in range(3):
             fused = session.fused([0], 0).logits
-            vocab = pack[0].vocab_size
-            assert torch.equal(fused, session.aligners[0].next[:, :vocab])
+            own = session.aligners[0].next[:, : pack[0].vocab_size]
+            if fusion == "logits":
+                assert torch.equal(fused, own)
+            else:  # a mixture is of probabilities: the member's own log-probabilities
+                assert torch.allclose(fused, torch.log_softmax(own.float(), -1))
             session.feed(session.choose())
         alone = PackEngine([pack[0]]).generate(PROMPT, max_new_tokens=10)
         assert engine.generate(PROMPT, max_new_tokens=10).text == alone.text

@@ -236,6 +236,19 @@ def test_rename_moves_a_method_everywhere_and_records_its_settings(report):
         renamed.rename("paper", renamed.method_names[0])
 
 
+def test_rename_reaches_the_parts_of_a_merged_report(report):
+    """A merged report keeps its parts' settings; renaming one of its methods renames it there
+    too, so the report joined into the next merge records what the method ran with."""
+    old = report.method_names[-1]
+    merged = EvalReport.from_dict(report.to_dict())
+    part = {"configs": {old: {"fusion": "logits"}, "other": {"tau": 0.5}}}
+    merged.settings.update(configs=dict(part["configs"]), parts=[part, {"configs": {"other": {}}}])
+    merged.rename(old, "logits", {"fusion": "logits", "tau": 0.2})
+    assert merged.settings["parts"][0]["configs"] == {"other": {"tau": 0.5}, "logits": {"fusion": "logits", "tau": 0.2}}
+    assert merged.settings["parts"][1]["configs"] == {"other": {}}  # a part without the method is left alone
+    assert merged.settings["configs"]["logits"] == {"fusion": "logits", "tau": 0.2}
+
+
 def test_bad_runs_raise(engine, mc):
     with pytest.raises(ConfigError, match="batch_size"):
         evaluate(engine, [mc], batch_size=0, progress=False)

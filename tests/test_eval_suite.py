@@ -200,7 +200,8 @@ def test_methods_from_specs(pack):
     assert names == expected
     # 'paper' is PackLLM-sim as published, whatever the defaults are; a label still applies.
     paper = parse_method(pack, "paper")
-    assert paper.name == "paper" and paper.config == pack.resolve(weighting="sim", tau=1.0, reference_by="token")
+    published = pack.resolve(weighting="sim", tau=1.0, reference_by="token", fusion="logits")
+    assert paper.name == "paper" and paper.config == published
     assert paper.config != pack.config and parse_method(pack, "authors:paper").name == "authors"
     assert paper.describe()["reference_by"] == "token" and paper.describe()["tau"] == 1.0
 

@@ -133,9 +133,12 @@ def _project_logits(member: Member, states: NaturalStates) -> torch.Tensor:
     return states.projection.scores(_Identity(), states)  # type: ignore[union-attr, arg-type]
 
 
-def brute_force_natural_greedy(members: list[Member], weights: list[float], prompt: str, n: int) -> str:
+def brute_force_natural_greedy(
+    members: list[Member], weights: list[float], prompt: str, n: int, fusion: str = "logits"
+) -> str:
     """Greedy natural-alignment fusion with no cache: every step, every member re-reads its own
-    tokenization of prompt + text so far; the first member is the reference."""
+    tokenization of prompt + text so far; the first member is the reference. ``fusion``: the
+    weighted sum of logits ('logits') or of probabilities ('mixture')."""
     engine = PackEngine(members)
     ref = members[0]
     generated: list[int] = []
@@ -145,17 +148,25 @@ def brute_force_natural_greedy(members: list[Member], weights: list[float], prom
         for k, m in enumerate(members):
             ids = (ref.encode(prompt) + generated) if k == 0 else m.encode(text.rstrip("\ufffd"))
             mapped = fresh_scores(ref, m, engine, k, ids)
+            if fusion == "mixture":
+                mapped = torch.softmax(mapped.float(), -1)
             fused = mapped * weights[k] if fused is None else fused + mapped * weights[k]
-        generated.append(int(fused.argmax()))
+        pick = int(fused.argmax())
+        if pick in ref.special_ids:  # the end of the text
+            break
+        generated.append(pick)
     return ref.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+@pytest.mark.parametrize("fusion", ["logits", "mixture"])
 @pytest.mark.parametrize("pack", [["bl", "sp"], ["sp", "bl"]])
-def test_natural_greedy_generation_matches_brute_force(pack: list[str], request: pytest.FixtureRequest) -> None:
+def test_natural_greedy_generation_matches_brute_force(
+    pack: list[str], fusion: str, request: pytest.FixtureRequest
+) -> None:
     members = [request.getfixturevalue(n) for n in pack]
-    engine = PackEngine(members, alignment="natural", reference=members[0].name, weights=[0.6, 0.4])
+    engine = PackEngine(members, alignment="natural", reference=members[0].name, weights=[0.6, 0.4], fusion=fusion)
     result = engine.generate(PROMPT, max_new_tokens=16)
-    assert result.text == brute_force_natural_greedy(members, [0.6, 0.4], PROMPT, 16)
+    assert result.text == brute_force_natural_greedy(members, [0.6, 0.4], PROMPT, 16, fusion)
 
 
 def test_natural_differs_from_mined_across_tokenizers(bl: Member, sp: Member) -> None:

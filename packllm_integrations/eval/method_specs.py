@@ -22,9 +22,12 @@ __all__ = ["PRESETS", "parse_method", "parse_methods", "parse_settings", "defaul
 
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(GenerationConfig)}
 
-PRESETS: dict[str, dict[str, Any]] = {"paper": {"weighting": "sim", "tau": 1.0, "reference_by": "token"}}
-"""Named methods: ``paper`` is PackLLM-sim's weighting as published (``tau=1``, the reference chosen
-per token); alignment stays the engine's (``alignment=mined`` in a full spec for the authors' MinED)."""
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"weighting": "sim", "tau": 1.0, "reference_by": "token", "fusion": "logits"}
+}
+"""Named methods: ``paper`` is PackLLM-sim as published (``tau=1``, the reference chosen per
+token, the weighted members' logits summed); alignment stays the engine's (``alignment=mined``
+in a full spec for the authors' MinED)."""
 
 
 def _coerce(key: str, text: str) -> Any:

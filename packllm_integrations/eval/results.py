@@ -159,10 +159,12 @@ class EvalReport:
                 table = getattr(task, name)
                 if old in table:
                     table[new] = table.pop(old)
-        configs = self.settings.get("configs")
-        if isinstance(configs, dict) and (old in configs or settings is not None):
-            config = configs.pop(old, {})
-            configs[new] = dict(settings) if settings is not None else config
+        # a merged report keeps each part's settings too, and the next merge reads its configs there
+        for holder in [self.settings, *(self.settings.get("parts") or [])]:
+            configs = holder.get("configs") if isinstance(holder, dict) else None
+            if isinstance(configs, dict) and (old in configs or (settings is not None and holder is self.settings)):
+                config = configs.pop(old, {})
+                configs[new] = dict(settings) if settings is not None else config
         return self
 
     @classmethod
