@@ -103,7 +103,7 @@ class GenerationConfig:
         "distribution is mapped into the reference vocabulary.",
     )
     fusion: str = _setting(
-        "logits",
+        "mixture",
         "How the weighted members' next-token scores become one distribution: 'logits' (the paper: the weighted "
         "sum of logits), 'mixture' (the weighted mixture of the members' probabilities over the whole vocabulary), "
         "'union' (the weighted mixture of probabilities over the union of each member's union_k "

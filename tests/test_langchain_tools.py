@@ -199,10 +199,10 @@ def test_structured_output_streams_and_keeps_the_raw_reply(chat):
 
 def test_json_mode_without_a_schema_is_any_object(chat):
     any_object = chat.with_structured_output(None, method="json_mode", include_raw=True)
-    whole = any_object.invoke("JSON, please.", max_tokens=24)
+    whole = any_object.invoke("An object, please.", max_tokens=24)
     assert whole["raw"].response_metadata["finish_reason"] == "stop"
     assert isinstance(whole["parsed"], dict) and whole["parsed"] == json.loads(whole["raw"].content)
-    cut = any_object.invoke("Some JSON, please.", max_tokens=24)  # a key the random members never end
+    cut = any_object.invoke("JSON, please.", max_tokens=24)  # a key the random members never end
     assert cut["raw"].content.startswith('{"') and cut["parsed"] is None
     assert re.search(r"max_tokens=\d+ ended the structured output before it was whole", str(cut["parsing_error"]))
     result = chat.with_structured_output(JOKE_SCHEMA, method="json_mode").invoke("A joke.")
