@@ -93,7 +93,9 @@ class GenerationConfig:
         "How members with different tokenizers are scored on the prompt: 'reference' (the authors' way: every "
         "member is scored on the reference member's tokens) or 'own' (every member on its own tokenization, its "
         "negative log-likelihood per UTF-8 byte put on the reference's per-token scale). Members that share the "
-        "reference's tokenizer score the same either way; 'opt' always searches in the reference token space.",
+        "reference's tokenizer score the same either way; 'opt' always searches in the reference token space, "
+        "for the weights that lower the perplexity of the fusion rule in use ('mixture': of the mixture; the others: "
+        "of the weighted sum of logits).",
     )
     alignment: str = _setting(
         "natural",

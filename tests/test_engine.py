@@ -95,39 +95,71 @@ def test_sim_weights_match_formula_same_tokenizer(bl: Member, bl_b: Member) -> N
             assert event.prompt_perplexity[m.name] == pytest.approx(float(torch.exp(v)), rel=1e-4)
 
 
-def greedy_opt_reference(logits: list[torch.Tensor], targets: torch.Tensor) -> list[float]:
-    """PACKLLM.md's greedy search, written out independently in float64."""
+def greedy_opt_reference(logits: list[torch.Tensor], targets: torch.Tensor, fusion: str = "logits") -> list[float]:
+    """PACKLLM.md's greedy search, written out independently in float64: the fused model is
+    the weighted sum of logits, or with ``fusion="mixture"`` the mixture of probabilities."""
 
-    def mean_nll(x: torch.Tensor) -> float:
-        logp = torch.log_softmax(x.double(), -1)
+    def mean_nll(logp: torch.Tensor) -> float:
         return float(-logp[torch.arange(len(targets)), targets].mean())
 
+    def fuse(cur: torch.Tensor, new: torch.Tensor, beta: float) -> torch.Tensor:  # log-probabilities
+        if fusion == "mixture":
+            return (beta * cur.exp() + (1 - beta) * new.exp()).log()
+        return torch.log_softmax(beta * cur + (1 - beta) * new, -1)  # log_softmax: logits up to a row constant
+
+    logps = [torch.log_softmax(x.double(), -1) for x in logits]
     k = len(logits)
-    order = sorted(range(k), key=lambda i: (mean_nll(logits[i]), i))
+    order = sorted(range(k), key=lambda i: (mean_nll(logps[i]), i))
     w = [0.0] * k
     w[order[0]] = 1.0
-    cur = logits[order[0]].double()
+    cur = logps[order[0]]
     for j in order[1:]:
-        scores = [(mean_nll(b / 20 * cur + (1 - b / 20) * logits[j].double()), b / 20) for b in range(21)]
+        scores = [(mean_nll(fuse(cur, logps[j], b / 20)), b / 20) for b in range(21)]
         best = min(scores, key=lambda s: (s[0], s[1]))[1]
-        cur = best * cur + (1 - best) * logits[j].double()
+        cur = fuse(cur, logps[j], best)
         w = [x * best for x in w]
         w[j] = 1 - best
     return w
 
 
-def test_opt_weights_match_greedy_search(bl: Member, bl_b: Member) -> None:
+@pytest.mark.parametrize("fusion", ["logits", "mixture"])
+def test_opt_weights_match_greedy_search(bl: Member, bl_b: Member, fusion: str) -> None:
     members = [bl, bl_b, Member("third", bl_b.model, bl.tokenizer)]
     members[2] = Member("third", type(bl_b.model)(bl_b.model.config).eval(), bl.tokenizer)
-    engine = PackEngine(members)
+    engine = PackEngine(members, fusion=fusion)
     ids = bl.encode(PROMPT)
     with torch.no_grad():
         logits = [m.model(torch.tensor([ids])).logits[0, :-1, : bl.vocab_size] for m in members]
-    expected = greedy_opt_reference(logits, torch.tensor(ids[1:]))
+    expected = greedy_opt_reference(logits, torch.tensor(ids[1:]), fusion)
     event = engine.weights(PROMPT, weighting="opt")
     got = [event.weights[m.name] for m in members]
     assert got == pytest.approx(expected, abs=1e-9)
     assert sum(got) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("alignment", ["mined", "natural"])
+def test_opt_under_mixture_matches_the_search_over_projected_distributions(
+    bl: Member, sp: Member, alignment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across tokenizers, 'opt' under mixture fusion reads only each member's NLL of the
+    reference tokens; its weights equal the search over the members' whole projected
+    distributions (captured from the logits-sum search on the same prompt), mixed exactly."""
+    from packllm_integrations.decoding import weighting
+
+    captured = []
+    search = weighting.opt_weights
+    monkeypatch.setattr(
+        weighting, "opt_weights", lambda nll, logits, t: captured.append((logits, t)) or search(nll, logits, t)
+    )
+    engine = PackEngine([bl, sp], alignment=alignment, weighting="opt", tau=0.2)
+    for prompt in PROMPTS:
+        captured.clear()
+        engine.weights(prompt, fusion="logits")
+        ((logits, targets),) = captured
+        got = engine.weights(prompt, fusion="mixture")
+        assert len(captured) == 1  # the mixture's search never asked for the projected scores
+        expected = greedy_opt_reference(list(logits), targets, "mixture")
+        assert [got.weights[m.name] for m in (bl, sp)] == pytest.approx(expected, abs=1e-6)
 
 
 def test_cross_tokenizer_weights_use_reference_space(bl: Member, sp: Member) -> None:

@@ -9,6 +9,7 @@ from packllm_integrations.decoding import weighting
 from packllm_integrations.decoding.weighting import (
     fixed_weights,
     mixture_nlls,
+    opt_mixture_weights,
     opt_weights,
     sim_weights,
     top1_weights,
@@ -60,6 +61,37 @@ def test_opt_ties_keep_the_smallest_beta() -> None:
     same = torch.zeros(3, 4)
     w = opt_weights(torch.tensor([0.5, 0.5]), [same, same.clone()], torch.tensor([0, 1, 2]))
     assert w.tolist() == [0.0, 1.0]  # beta = 0: all weight to the member visited second
+
+
+def test_opt_under_mixture_is_the_greedy_search_on_the_mixtures_perplexity() -> None:
+    """Against the search written out on whole distributions: each candidate beta's mixture
+    of probabilities over every column, its mean NLL at the targets, the strictly smallest."""
+    gen = torch.Generator().manual_seed(3)
+    targets = torch.randint(0, 30, (12,), generator=gen)
+    rows = torch.arange(12)
+    for trial in range(20):
+        logps = [torch.log_softmax(torch.randn(12, 30, generator=gen, dtype=torch.float64) * (1 + trial / 4), -1)]
+        logps += [torch.log_softmax(torch.randn(12, 30, generator=gen, dtype=torch.float64) * 2, -1) for _ in range(2)]
+        token_nlls = [-lp[rows, targets] for lp in logps]
+        nll = torch.stack([t.mean() for t in token_nlls])
+        order = sorted(range(3), key=lambda i: (float(nll[i]), i))
+        expected = [0.0] * 3
+        expected[order[0]] = 1.0
+        probs = logps[order[0]].exp()
+        for j in order[1:]:
+            values = [
+                float(-(b / 20 * probs + (1 - b / 20) * logps[j].exp())[rows, targets].log().mean()) for b in range(21)
+            ]
+            best = min(range(21), key=lambda i: (values[i], i)) / 20
+            probs = best * probs + (1 - best) * logps[j].exp()
+            expected = [w * best for w in expected]
+            expected[j] = 1 - best
+        assert opt_mixture_weights(nll, token_nlls).tolist() == pytest.approx(expected, abs=1e-12)
+    # a member that is sure of every target takes all the weight; two half-right members share it
+    sure, unsure = torch.full((4,), 1e-3, dtype=torch.float64), torch.full((4,), 3.0, dtype=torch.float64)
+    assert opt_mixture_weights(torch.tensor([1e-3, 3.0]), [sure, unsure]).tolist() == [1.0, 0.0]
+    left = torch.tensor([0.01, 0.01, 6.0, 6.0], dtype=torch.float64)
+    assert opt_mixture_weights(torch.tensor([3.0, 3.0]), [left, left.flip(0)]).tolist() == [0.5, 0.5]
 
 
 _plain = weighting._plain_nlls

@@ -61,6 +61,7 @@ class OwnScore:
     total: float  # summed NLL of the scored tokens
     tokens: int  # number of scored tokens
     num_bytes: int  # UTF-8 bytes of the text those tokens stand for
+    per_token: torch.Tensor | None = field(default=None, compare=False, repr=False)  # each token's NLL [tokens]
 
     @property
     def mean(self) -> float:
@@ -213,7 +214,7 @@ def _own_pass(
                 states = done.row(b, n - 1)[first - 1 :]
                 per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
                 text = m.decode(ids[first:n])
-                own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")))
+                own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")), per_token)
     return done
 
 

@@ -44,13 +44,23 @@ def own_scale_nll(scores: Sequence[OwnScore | None], reference: int) -> torch.Te
     return torch.tensor([s.total / s.num_bytes * scale for s in scores if s is not None], dtype=torch.float64)
 
 
-def prompt_nll(pack: PackView, planned: Planned, b: int, states: States, scoring: str, end: int) -> torch.Tensor | None:
+def prompt_nll(
+    pack: PackView,
+    planned: Planned,
+    b: int,
+    states: States,
+    scoring: str,
+    end: int,
+    per_token: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor | None:
     """The members' mean NLLs [K] (float64) of prompt b's reference tokens from its first
     scored one to ``end``; None when there is none to score.
 
     ``scoring="own"`` uses every member's own tokenization (:func:`own_scale_nll`) where each
     member had some; otherwise each member is scored on the reference's tokens from
-    ``states(k)``. A member that shares the reference's tokens reuses its own pass's score."""
+    ``states(k)``, and ``per_token`` (when given) receives member k's NLL of each of them
+    (for :func:`prompt_weights`). A member that shares the reference's tokens reuses its own
+    pass's score."""
     plan = planned.plans[b]
     r, first = plan.reference, plan.first_target
     if end <= first:
@@ -67,9 +77,13 @@ def prompt_nll(pack: PackView, planned: Planned, b: int, states: States, scoring
         same_tokens = score is not None and score.tokens == end - first and planned.own_ids[k][b] == plan.inputs[k]
         if pack.maps(r, k) is None and same_tokens:
             per_member.append(torch.tensor(score.mean, dtype=torch.float64))  # the same tokens: reuse
+            values = score.per_token
         else:
             with prefill_faults(m.name, (b,)):
-                per_member.append(nll_per_token(m, states(k), targets, pack.maps(r, k), vocab).mean())
+                values = nll_per_token(m, states(k), targets, pack.maps(r, k), vocab)
+            per_member.append(values.mean())
+        if per_token is not None and values is not None:
+            per_token[k] = values
     return torch.stack(per_member)
 
 
@@ -80,16 +94,19 @@ def prompt_weights(
     nll: torch.Tensor | None,
     states: States,
     end: int,
-    strategy: tuple[str, float, Sequence[float] | None],
+    strategy: tuple[str, float, Sequence[float] | None, str],
     on_fault: Callable[[list[int]], None],
+    per_token: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Prompt b's weights [K] (float64) from the members' prompt NLLs ``nll`` (None: uniform).
 
-    ``strategy`` is ``(weighting, tau, fixed weights)``; 'opt' reads ``states(k)`` on the
-    tokens up to ``end``. Members whose NLL is not a finite number go to ``on_fault``, which
-    raises to stop the request or returns to drop them: the weights are then computed among
-    the others, and theirs are 0."""
-    weighting, tau, fixed = strategy
+    ``strategy`` is ``(weighting, tau, fixed weights, fusion)``; 'opt' reads ``states(k)`` on
+    the tokens up to ``end``: their logits in the reference vocabulary, or under
+    ``fusion="mixture"`` only their NLL of each token (taken from ``per_token``, filled by
+    :func:`prompt_nll`, where it has them). Members whose NLL is not a finite
+    number go to ``on_fault``, which raises to stop the request or returns to drop them: the
+    weights are then computed among the others, and theirs are 0."""
+    weighting, tau, fixed, fusion = strategy
     members = pack.members
     plan = planned.plans[b]
     r = plan.reference
@@ -107,6 +124,16 @@ def prompt_weights(
                 out.append(reference_scores(members[k], states(k), pack.maps(r, k), vocab, rows=_ROWS))
         return out
 
+    def token_nlls() -> list[torch.Tensor]:
+        out = []
+        for k in keep:
+            if per_token is not None and k in per_token:
+                out.append(per_token[k])
+                continue
+            with prefill_faults(members[k].name, (b,)):
+                out.append(nll_per_token(members[k], states(k), targets, pack.maps(r, k), vocab))
+        return out
+
     weights = torch.zeros(len(members), dtype=torch.float64)
     if bad and weighting == "fixed":
         weights[keep] = fixed_weights(fixed or (), len(members))[keep]
@@ -115,5 +142,7 @@ def prompt_weights(
             raise MemberError(members[bad[0]].name, None, reason, (b,))
         return weights / weights.sum()
     kept_nll = None if nll is None else nll[keep]
-    weights[keep] = compute_weights(weighting, kept_nll, all_logits, targets, len(keep), tau=tau, fixed=fixed)
+    weights[keep] = compute_weights(
+        weighting, kept_nll, all_logits, targets, len(keep), tau=tau, fixed=fixed, fusion=fusion, token_nlls=token_nlls
+    )
     return weights

@@ -210,9 +210,12 @@ def _weigh(
     def weighed_states(k: int) -> torch.Tensor | NaturalStates:
         return states[k][weighed]
 
+    per_token: dict[str, dict[int, torch.Tensor]] = {
+        scoring: {} for scoring in dict.fromkeys(c.scoring for c in configs)
+    }
     nlls = {
-        scoring: prompt_nll(pack, planned, b, weighed_states, scoring, end)
-        for scoring in dict.fromkeys(c.scoring for c in configs)
+        scoring: prompt_nll(pack, planned, b, weighed_states, scoring, end, known)
+        for scoring, known in per_token.items()
     }
     weights, perplexity = [], []
     for cfg in configs:
@@ -222,8 +225,10 @@ def _weigh(
         def fault(bad: list[int], policy: str = cfg.on_member_error) -> None:
             prompt_fault(names, bad, r, policy, b)
 
-        strategy = (cfg.weighting, cfg.tau, cfg.weights)
-        weights.append(prompt_weights(pack, planned, b, nll, weighed_states, end, strategy, fault))
+        strategy = (cfg.weighting, cfg.tau, cfg.weights, cfg.fusion)
+        weights.append(
+            prompt_weights(pack, planned, b, nll, weighed_states, end, strategy, fault, per_token[cfg.scoring])
+        )
     return weights, perplexity
 
 

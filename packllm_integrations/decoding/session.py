@@ -172,7 +172,8 @@ class Session:
         def states(k: int):  # member k's states predicting the scored tokens
             return self.aligners[k].prompt_states(b, first - 1, end - 1)
 
-        nll = prompt_nll(self.pack, planned, b, states, cfg.scoring, end)
+        per_token: dict[int, torch.Tensor] = {}
+        nll = prompt_nll(self.pack, planned, b, states, cfg.scoring, end, per_token)
         if nll is None:
             warnings.warn(
                 f"prompt {b} has no token to score (one text token at most): using uniform weights",
@@ -183,7 +184,9 @@ class Session:
         def fault(bad: list[int]) -> None:
             prompt_fault(self.names, bad, plan.reference, cfg.on_member_error, b)
 
-        weights = prompt_weights(self.pack, planned, b, nll, states, end, (cfg.weighting, cfg.tau, cfg.weights), fault)
+        weights = prompt_weights(
+            self.pack, planned, b, nll, states, end, (cfg.weighting, cfg.tau, cfg.weights, cfg.fusion), fault, per_token
+        )
         for aligner in self.aligners:
             aligner.forget(b)
         return weights, [float(v) for v in nll] if nll is not None else [None] * len(self.members)
