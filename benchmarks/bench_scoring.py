@@ -24,7 +24,8 @@ scoring. The members' forward passes alone are the members-alone rows: the last 
 each pack method's time over their sum.
 
 ``--cost`` measures only the package as shipped, for every weighting (``sim``, ``opt``,
-``uniform``) and fusion rule (``union``, ``gated``, ``contrastive``, ``sequence``): each
+``uniform``) and fusion rule (the default ``mixture``; ``logits``, with ``sim`` and ``opt``;
+``union``, ``gated``, ``contrastive``, ``sequence``): each
 method's time over the members' forward passes on the same pairs, in interleaved rounds
 (the least of them, and the medians), written to ``results/scoring_cost.md``.
 """
@@ -139,6 +140,8 @@ def main() -> None:
 COST_METHODS = {
     "sim (the default)": {},
     "opt": {"weighting": "opt"},
+    "sim, logits": {"fusion": "logits"},
+    "opt, logits": {"weighting": "opt", "fusion": "logits"},
     "uniform": {"weighting": "uniform"},
     "union": {"fusion": "union"},
     "gated": {"fusion": "gated"},
