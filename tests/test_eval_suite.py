@@ -26,6 +26,7 @@ from packllm_integrations.eval.suite import (
     DEFAULT_TASKS,
     build_tasks,
     compare,
+    compare_means,
     item_values,
     parse_method,
     parse_methods,
@@ -285,6 +286,29 @@ def test_a_scoring_only_method_runs_the_scored_tasks_and_skips_generation(pack):
         assert r.logprob == pytest.approx(expected, rel=1e-4)
     assert report.task("eval_mc").per_item["seq"] == mc.score(fused)[1]
     assert [c.method for c in compare(report, resamples=100) if c.task == "capitals" and c.method == "seq"] == []
+
+
+def test_means_cover_each_set_of_tasks_the_methods_ran(pack):
+    """A method that skipped a task (here a scoring-only one, on the generation task) still
+    gets a mean over the tasks it ran, against the best member and against a named method."""
+    mc = load_task_file(DATA / "eval_mc.jsonl")
+    first, second = replace(mc, items=mc.items[:3]), replace(mc, name="eval_mc_b", items=mc.items[3:6])
+    short = ShortAnswerTask("capitals", ("Paris is in",), answers=(("France",),), max_new_tokens=2)
+    methods = parse_methods(pack, ["sim", "seq:fusion=sequence,scoring=own"])
+    report = run_suite(pack, [first, second, short], methods, progress=False)
+    text = render_suite(report, compare(report, resamples=100), resamples=100, against=["seq", "sim"])
+    assert "## Mean over 3 tasks where higher is better (eval_mc, eval_mc_b, capitals)" in text
+    assert "## Mean over 2 tasks where higher is better (eval_mc, eval_mc_b)" in text
+    three, two = text.split("## Mean over 3 tasks")[1].split("## Mean over 2 tasks")
+    assert "| seq |" not in three and "| sim |" in three
+    base, tasks, means = compare_means(report, tasks=["eval_mc", "eval_mc_b"], resamples=100)
+    assert tasks == ["eval_mc", "eval_mc_b"] and set(means) == {*[m.name for m in pack.members], "sim", "seq"}
+    seq_mean = (report.task("eval_mc").scores["seq"] + report.task("eval_mc_b").scores["seq"]) / 2
+    assert means["seq"][0] == pytest.approx(seq_mean) and f"| seq | {seq_mean:.3f} |" in two
+    # against seq: sim's mean over the two tasks seq ran
+    versus_seq = text.split("## Against `seq`")[1].split("## Against `sim`")[0]
+    assert "| mean (eval_mc, eval_mc_b) | sim |" in versus_seq
+    assert "| mean (eval_mc, eval_mc_b) | seq |" in text.split("## Against `sim`")[1]
 
 
 # ---- the command line -------------------------------------------------------------------------

@@ -147,17 +147,20 @@ def compare_means(
     report: EvalReport,
     *,
     baseline: str | None = None,
+    tasks: Sequence[str] | None = None,
     resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[str | None, list[str], dict[str, tuple[float, Difference]]]:
     """The mean over the tasks where higher is better (accuracy, pass@1, exact match...):
-    every method against ``baseline`` (default: the member alone with the best such mean),
-    items resampled within each task (:func:`~packllm_integrations.eval.stats.stratified_bootstrap`).
+    every method that ran them all against ``baseline`` (default: the member alone with the
+    best such mean), items resampled within each task
+    (:func:`~packllm_integrations.eval.stats.stratified_bootstrap`). ``tasks`` keeps only the
+    tasks named (default: every task where higher is better).
 
     Returns the baseline, the tasks averaged, and method -> (mean, difference).
     """
-    tasks = [t for t in report.tasks if t.higher_is_better]
+    tasks = [t for t in report.tasks if t.higher_is_better and (tasks is None or t.task in tasks)]
     if not tasks:
         return None, [], {}
     methods = [m for m in report.method_names if all(m in t.per_item for t in tasks)]

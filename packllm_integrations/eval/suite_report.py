@@ -100,8 +100,10 @@ def render_suite(
             f"| {_p(test.p_value) if test else '-'} | {f'{test.only_a} / {test.only_b}' if test else '-'} "
             f"| {_seconds(c.seconds)} | {'-' if c.cost is None else f'{c.cost:.2f}x'} |"
         )
-    base, tasks, means = compare_means(report, resamples=resamples, confidence=confidence, seed=seed)
-    if base is not None and means:
+    for subset in _task_sets(report):
+        base, tasks, means = compare_means(report, tasks=subset, resamples=resamples, confidence=confidence, seed=seed)
+        if base is None or not means:
+            continue
         lines += [
             "",
             f"## Mean over {len(tasks)} tasks where higher is better ({', '.join(tasks)})",
@@ -131,13 +133,24 @@ def render_suite(
                 f"[{_num(d.low, c.metric, True)}, {_num(d.high, c.metric, True)}] | {c.verdict} "
                 f"| {_p(test.p_value) if test else '-'} | {f'{test.only_a} / {test.only_b}' if test else '-'} |"
             )
-        _, tasks, means = compare_means(report, baseline=other, resamples=resamples, confidence=confidence, seed=seed)
-        for method, (mean, d) in means.items() if len(tasks) > 1 else ():
-            if method not in members and method != other:
-                lines.append(
-                    f"| mean ({', '.join(tasks)}) | {method} | {mean:.3f} | {d.difference:+.3f} "
-                    f"[{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} | - | - |"
-                )
+        ran = {t.task for t in report.tasks if t.higher_is_better and other in t.per_item}
+        shown = set(members) | {other}
+        for subset in _task_sets(report):  # each method on the tasks it shares with `other`
+            _, tasks, means = compare_means(
+                report,
+                baseline=other,
+                tasks=[t for t in subset if t in ran],
+                resamples=resamples,
+                confidence=confidence,
+                seed=seed,
+            )
+            for method, (mean, d) in means.items() if len(tasks) > 1 else ():
+                if method not in shown:
+                    shown.add(method)
+                    lines.append(
+                        f"| mean ({', '.join(tasks)}) | {method} | {mean:.3f} | {d.difference:+.3f} "
+                        f"[{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} | - | - |"
+                    )
     seconds = report.settings.get("seconds")
     if seconds is not None:
         lines += ["", f"Whole run: {seconds:,.0f} s wall time."]
@@ -145,6 +158,19 @@ def render_suite(
     if any(commands):
         lines += ["", "Command" + ("s:" if len(commands) > 1 else ":"), ""] + [f"    {c}" for c in commands if c]
     return "\n".join(lines) + "\n"
+
+
+def _task_sets(report: EvalReport) -> list[list[str]]:
+    """The sets of tasks (where higher is better, two or more) that the report's methods ran:
+    one mean section each, the largest first. A method that did not run a task (one added to a
+    merged report later, a scoring-only method) is still compared on the tasks it shares."""
+    tasks = [t for t in report.tasks if t.higher_is_better]
+    sets: list[list[str]] = []
+    for method in report.method_names:
+        ran = [t.task for t in tasks if method in t.per_item]
+        if len(ran) > 1 and ran not in sets:
+            sets.append(ran)
+    return sorted(sets, key=len, reverse=True)
 
 
 def plot_differences(report: EvalReport, comparisons: list[Comparison], path: str | Path) -> Path:
