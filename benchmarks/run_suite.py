@@ -68,7 +68,7 @@ class ExtractionTask:
     def run(self, engine: PackEngine, config: GenerationConfig, *, batch_size: int, progress: bool) -> Outcome:
         from bench_constraints import correct_fields, parses
 
-        values, outputs, details = [], [], []
+        values, outputs, details, weights = [], [], [], []
         for schema, text, expected in self.pairs:
             result = engine.generate(
                 text,
@@ -81,7 +81,8 @@ class ExtractionTask:
             values.append(right / total)
             outputs.append(result.text)
             details.append(f"{right}/{total} fields")
-        return Outcome(values, outputs, details)
+            weights.append(dict(result.weights))
+        return Outcome(values, outputs, details, weights)
 
 
 def _extraction(limit: int | None, seed: int) -> ExtractionTask:

@@ -248,6 +248,11 @@ def test_run_suite_side_by_side_with_pooled_text_and_comparisons(pack):
         bits = sum(v * w for t in (words, python) for v, w in zip(t.per_item[m], t.item_weights, strict=True))
         assert pooled.scores[m] == pytest.approx(bits / (sum(words.item_weights) + sum(python.item_weights)))
     assert report.task("capitals").outputs["sim"] and len(report.task("add").details["tiny-a"]) == 1
+    # Generation tasks keep the weights each prompt was decoded with (pack methods only).
+    capitals = report.task("capitals")
+    assert set(capitals.weights) == set(names) - {"tiny-a", "tiny-c"}
+    for prompt, row in zip(short.prompts, capitals.weights["sim"], strict=True):
+        assert row == pytest.approx(pack.weights(prompt, methods[names.index("sim")].config).weights)
     comparisons = compare(report, resamples=200)
     assert len(comparisons) == len(report.tasks) * (len(names) - 1)
     for c in comparisons:
@@ -260,11 +265,15 @@ def test_run_suite_side_by_side_with_pooled_text_and_comparisons(pack):
         assert c.cost == pytest.approx(result.method_seconds[c.method] / result.method_seconds[c.baseline])
     # Against a named method: each other pack method's difference to it, per task.
     text = render_suite(report, comparisons, resamples=200, against=["sim"])
-    section = text.split("## Against `sim`")[1]
+    section = text.split("## Against `sim`")[1].split("## Mean weights")[0]
     mc_row = next(line for line in section.splitlines() if line.startswith("| eval_mc | uniform |"))
     versus = compare(report, baseline="sim", resamples=200)
     expected = next(c for c in versus if (c.task, c.method) == ("eval_mc", "uniform")).difference.difference
     assert f"{expected:+.3f}" in mc_row and "| tiny-a |" not in section
+    weights = text.split("## Mean weights")[1]
+    mean = capitals.mean_weights("sim")
+    row = next(line for line in weights.splitlines() if line.startswith("| capitals | sim |"))
+    assert all(f"{mean[n]:.3f}" in row for n in ("tiny-a", "tiny-c"))
     with pytest.raises(ConfigError, match="^against='nope'"):
         render_suite(report, comparisons, against=["nope"])
 

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..config import GenerationConfig
 from ..engine import PackEngine
 from ..errors import ConfigError
+from ..events import GenerationResult
 from .execution import run_programs
 
 __all__ = ["Outcome", "RunTask", "GenerationTask", "CodeTask", "ShortAnswerTask", "normalize_answer"]
@@ -44,6 +45,8 @@ class Outcome:
     values: list[float]
     outputs: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    weights: list[dict[str, float]] = field(default_factory=list)
+    """Per item, the fusion weights the pack gave its members (empty where a task does not record them)."""
 
     @property
     def score(self) -> float:
@@ -117,24 +120,31 @@ class GenerationTask(ABC):
         self, engine: PackEngine, config: GenerationConfig, *, batch_size: int = 4, progress: bool = False
     ) -> list[str]:
         """Greedy outputs for every prompt (``batch_size`` prompts decoded together)."""
+        return [r.text for r in self._results(engine, config, batch_size, progress)]
+
+    def _results(
+        self, engine: PackEngine, config: GenerationConfig, batch_size: int, progress: bool
+    ) -> list[GenerationResult]:
         from tqdm.auto import tqdm
 
         _check_positive("batch_size", batch_size)
         settings = {"max_new_tokens": self.max_new_tokens, "stop": self.stop or None, "temperature": 0.0}
-        outputs: list[str] = []
+        results: list[GenerationResult] = []
         with tqdm(total=len(self.prompts), desc=self.name, unit="item", disable=not progress, leave=False) as bar:
             for start in range(0, len(self.prompts), batch_size):
                 batch = list(self.prompts[start : start + batch_size])
-                results = engine.generate_batch(batch, config, **settings)
-                outputs += [r.text for r in results]
+                results += engine.generate_batch(batch, config, **settings)
                 bar.update(len(batch))
-        return outputs
+        return results
 
     def run(
         self, engine: PackEngine, config: GenerationConfig, *, batch_size: int = 4, progress: bool = False
     ) -> Outcome:
-        """Generate for every item, then grade."""
-        return self.grade(self.generate(engine, config, batch_size=batch_size, progress=progress))
+        """Generate for every item, then grade; the outcome keeps each item's fusion weights."""
+        results = self._results(engine, config, batch_size, progress)
+        outcome = self.grade([r.text for r in results])
+        outcome.weights = [dict(r.weights) for r in results]
+        return outcome
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,7 @@ def run_suite(
                         per_item={m.name: list(outcome.values)},
                         outputs={m.name: list(outcome.outputs)},
                         details={m.name: list(outcome.details)},
+                        weights={m.name: list(outcome.weights)} if m.kind != "member" and outcome.weights else {},
                         settings={"binary": bool(task.binary)},
                     )
                 else:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .report import _PALETTE, _figure, _save, render_table
+from .report import _PALETTE, _figure, _save, render_table, render_weights
 from .results import EvalReport
 from .stats import Difference
 from .suite import Comparison, compare, compare_means
@@ -151,6 +151,17 @@ def render_suite(
                         f"| mean ({', '.join(tasks)}) | {method} | {mean:.3f} | {d.difference:+.3f} "
                         f"[{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} | - | - |"
                     )
+    weights = render_weights(report, "markdown")
+    if weights.count("\n") > 2:  # a header and its rule, then at least one row
+        lines += [
+            "",
+            "## Mean weights",
+            "",
+            "Each member's mean fusion weight over the task's items, for the pack methods whose weights vary "
+            "per prompt (generation tasks: the weights each prompt was decoded with).",
+            "",
+            weights.rstrip("\n"),
+        ]
     seconds = report.settings.get("seconds")
     if seconds is not None:
         lines += ["", f"Whole run: {seconds:,.0f} s wall time."]
