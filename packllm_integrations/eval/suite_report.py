@@ -59,7 +59,9 @@ def render_suite(
 ) -> str:
     """The whole report as Markdown (comparisons computed here unless given).
 
-    Each method of ``against`` gets a section of its own: every pack method against it.
+    Each method of ``against`` gets a section of its own: every pack method against it. The
+    report ends with each member's mean weight per task under the pack methods whose weights
+    vary per prompt (:func:`~.report.render_weights`).
     """
     members = set(report.members)
     for other in against:
