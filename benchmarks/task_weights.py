@@ -3,16 +3,18 @@
 Usage:
     python benchmarks/task_weights.py --suite benchmarks/results/suite-default --task tomi --limit 200
 
-Reads a suite run's per-item outcomes (``suite.json``: each member alone and the pack), computes
-the pack's weights of the same prompts again (one batched prefill per member, the engine's
-default settings unless ``--method`` names a config of that run), and reports:
+Reads a suite run's per-item outcomes (``suite.json``: each member alone and the pack) and the
+pack's weights of each prompt: those the run recorded, or, for a run made before the suite
+kept them, computed again (one batched prefill per member, with the method's settings from
+that run), and reports:
 
 - each member's mean weight, and how often it has the most weight;
 - the items grouped by the member with the most weight: how many, each member's score alone
   and the pack's on them; so a gap to the best member shows whether the weights follow the
   member that answers best, or another one.
 
-It reads the prompts, it does not generate: a few minutes where the suite run took many.
+Computing weights again reads the prompts, it does not generate: a few minutes where the
+suite run took many.
 The output goes to ``<suite>/<task>_weights.md``.
 """
 
@@ -50,33 +52,39 @@ def main() -> None:
     if args.method not in result.per_item:
         raise SystemExit(f"--method {args.method!r} did not run {args.task!r} in {args.suite}")
     settings = report.settings.get("configs", {}).get(args.method, {})
-    (task,) = build_tasks([args.task], limit=args.limit, seed=args.seed)
-    prompts = list(task.prompts) if hasattr(task, "prompts") else [text for _, text, _ in task.pairs]  # extraction
-    if len(prompts) != result.items:
-        raise SystemExit(f"{len(prompts)} prompts rebuilt, {result.items} items in the run: check --limit/--seed")
-    engine = PackEngine([load_member(f"{n},backend=llama.cpp", progress=False) for n in PACKS[args.pack]])
-    names = engine.names
+    names = list(report.members)
     if set(names) - set(result.per_item):
         raise SystemExit(f"the run lacks members alone: {sorted(set(names) - set(result.per_item))}")
-    config = engine.resolve(**settings)
-    started = time.perf_counter()
-    weights: list[dict[str, float]] = []
-    for start in range(0, len(prompts), args.batch):
-        weights += [e.weights for e in engine.weights_batch(prompts[start : start + args.batch], config)]
-    seconds = time.perf_counter() - started
+    given = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the defaults"
+    weights = result.weights.get(args.method, [])
+    if len(weights) == result.items:  # the run recorded them (runs since the suite keeps generation weights)
+        source = "the weights are the run's own"
+    else:
+        (task,) = build_tasks([args.task], limit=args.limit, seed=args.seed)
+        prompts = list(task.prompts) if hasattr(task, "prompts") else [text for _, text, _ in task.pairs]
+        if len(prompts) != result.items:
+            raise SystemExit(f"{len(prompts)} prompts rebuilt, {result.items} items in the run: check --limit/--seed")
+        engine = PackEngine([load_member(f"{n},backend=llama.cpp", progress=False) for n in PACKS[args.pack]])
+        if engine.names != names:
+            raise SystemExit(f"--pack {args.pack} is {engine.names}, the run's members are {names}")
+        config = engine.resolve(**settings)
+        started = time.perf_counter()
+        weights = []
+        for start in range(0, len(prompts), args.batch):
+            weights += [e.weights for e in engine.weights_batch(prompts[start : start + args.batch], config)]
+        source = f"the weights are computed again in {time.perf_counter() - started:.0f} s with the method's settings"
 
     top = [max(names, key=w.__getitem__) for w in weights]
     values = {m: result.per_item[m] for m in [*names, args.method]}
-    n = len(prompts)
-    given = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the defaults"
+    n = len(weights)
     out = [
         f"# Where the weights go: {args.task} ({args.suite.name}, `{args.method}`)",
         "",
         f"`python benchmarks/task_weights.py --suite {args.suite} --task {args.task}"
         f"{f' --limit {args.limit}' if args.limit else ''}{f' --seed {args.seed}' if args.seed else ''}"
-        f"{f' --method {args.method}' if args.method != 'pack' else ''}` ({n} prompts, weights in {seconds:.0f} s; "
-        f"{platform.machine()}, {os.cpu_count()} cores). The outcomes are the run's own; the weights are "
-        f"computed again with the method's settings ({given}).",
+        f"{f' --method {args.method}' if args.method != 'pack' else ''}"
+        f"{f' --pack {args.pack}' if args.pack != 'default' else ''}` ({n} prompts; {platform.machine()}, "
+        f"{os.cpu_count()} cores). The outcomes are the run's own; {source} ({given}).",
         "",
         "| member | mean weight | items where it has the most weight | its score alone |",
         "|---|---:|---:|---:|",
