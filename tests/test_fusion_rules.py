@@ -50,13 +50,27 @@ def test_mixture_is_the_weighted_mixture_of_probabilities_over_every_token() -> 
     assert fused.support is None
     mixture = w[:, :1] * a.softmax(-1) + w[:, 1:] * b.softmax(-1)
     assert torch.allclose(fused.logits.exp(), mixture, atol=1e-6)
-    assert torch.equal(fused.logits[3], torch.log_softmax(a[3], -1))  # a zero weight takes no part
+    assert torch.allclose(fused.logits[3], torch.log_softmax(a[3], -1), atol=1e-5)  # a zero weight takes no part
     # it never loses more than -log(w_k) to a member it mixes with weight w_k; a sum of logits can
     targets = torch.arange(4)
     for k, member in enumerate((a, b)):
         alone = torch.log_softmax(member, -1).gather(-1, targets[:, None]).squeeze(-1)
         bound = alone + torch.log(w[:, k])
         assert bool((fused.log_probs(targets) >= bound - 1e-5).all())
+
+
+def test_mixture_keeps_the_columns_whose_probability_underflows_finite_and_in_order() -> None:
+    """Summed as probabilities, a column every member puts below exp(-87) would be 0; it keeps
+    its log-space value (and a column every member rules out stays -inf)."""
+    a, b = _scores(6), _scores(7)
+    a[0, :3] = torch.tensor([-300.0, -400.0, -math.inf])
+    b[0, :3] = torch.tensor([-350.0, -500.0, -math.inf])
+    w = torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
+    fused = fuse_by(FusionRule("mixture"), [a, b], w).logits
+    exact = torch.logaddexp(torch.log_softmax(a, -1) + w[:, :1].log(), torch.log_softmax(b, -1) + w[:, 1:].log())
+    assert torch.allclose(fused, exact, atol=1e-5)
+    assert fused[0, 0] > fused[0, 1] > -math.inf
+    assert fused[0, 2] == -math.inf
 
 
 def test_mixture_scores_are_the_weighted_mixture_of_the_members_alone(bl: Member, bl_b: Member) -> None:

@@ -202,15 +202,53 @@ def _taking_part(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -
 
 
 def _mixture(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
-    """``log sum_k w_k softmax(scores[k])`` [G, V]: the log of the members' weighted mixture."""
+    """``log sum_k w_k softmax(scores[k])`` [G, V]: the log of the members' weighted mixture.
+
+    Summed as probabilities: one exponential per member and column and one logarithm, where
+    adding log-probabilities pair by pair costs three transcendental passes per member. That
+    is exact up to float32 rounding wherever the mixture's probability is a normal float. In
+    a row where some column's mixture underflows to 0 (every member puts it below about
+    ``exp(-87)``, or rules it out), the row is summed again in log space, so that such
+    columns keep their true, finite scores and their order.
+
+    >>> a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, -200.0]])
+    >>> _mixture([a, b], torch.tensor([[0.5, 0.5]])).exp()
+    tensor([[0.7500, 0.2500]])
+    >>> _mixture([b, b], torch.tensor([[0.5, 0.5]]))[0, 1].item()
+    -200.0
+    """
+    part = _taking_part(scores, weights)
+    if not part:
+        raise PackLLMError("fusion needs a member with a positive weight and scores; none has both")
+    total: torch.Tensor | None = None
+    for k in part:
+        term = scores[k]
+        assert term is not None
+        p = torch.softmax(term.float(), dim=-1).mul_(weights[:, k].to(term.device)[:, None])
+        total = p if total is None else total.add_(p)
+    assert total is not None
+    mix = total.log_()
+    rows = (mix == -math.inf).any(dim=-1).nonzero().squeeze(-1)
+    if rows.numel():  # columns that are -inf: ruled out by every member, or underflowed
+        cut = [None if s is None else s[rows] for s in scores]
+        finite = torch.zeros_like(mix[rows], dtype=torch.bool)
+        for k in part:
+            finite |= torch.isfinite(cut[k])  # type: ignore[arg-type]
+        under = rows[((mix[rows] == -math.inf) & finite).any(dim=-1)]
+        if under.numel():
+            mix[under] = _mixture_in_logs([None if s is None else s[under] for s in scores], weights[under], part)
+    return mix
+
+
+def _mixture_in_logs(scores: Sequence[torch.Tensor | None], weights: torch.Tensor, part: Sequence[int]) -> torch.Tensor:
+    """:func:`_mixture` added in log space, pair by pair: no column underflows."""
     mix: torch.Tensor | None = None
-    for k in _taking_part(scores, weights):
+    for k in part:
         term = scores[k]
         assert term is not None
         logp = torch.log_softmax(term.float(), dim=-1) + torch.log(weights[:, k].to(term.device))[:, None]
         mix = logp if mix is None else torch.logaddexp(mix, logp)
-    if mix is None:
-        raise PackLLMError("fusion needs a member with a positive weight and scores; none has both")
+    assert mix is not None
     return mix
 
 
