@@ -18,12 +18,12 @@ from .alignment.mined import VocabMap
 from .alignment.projection import Projection
 from .backends.base import MemberBackend
 from .config import TOKEN_FUSIONS, GenerationConfig
-from .decoding.planning import PackView
+from .decoding.planning import PackView, Spans
 from .decoding.scoring import score_continuations
 from .decoding.session import Session
 from .errors import ConfigError, PromptError
 from .events import Event, GenerationResult, ScoreResult, WeightsEvent, collect_results
-from .structured.chat_format import chat_messages, check_text
+from .structured.chat_format import chat_messages, check_text, content_spans
 from .structured.constraints import Grammars
 from .structured.tools import Conversation, Tool
 
@@ -168,13 +168,18 @@ class PackEngine:
 
     def _texts(self, prompt: Any, parameter: str = "prompt", allow_empty: bool = False) -> list[str]:
         """The prompt as each member reads it (an empty text only where ``allow_empty``: a context)."""
+        return self._rendered(prompt, parameter, allow_empty)[0]
+
+    def _rendered(self, prompt: Any, parameter: str = "prompt", allow_empty: bool = False) -> tuple[list[str], Spans]:
+        """The prompt as each member reads it, and for chat messages where their text lies in
+        each member's rendering (:func:`~.structured.chat_format.content_spans`; None for a string)."""
         if isinstance(prompt, str):
             check_text(prompt, parameter)
             if not prompt and not allow_empty:
                 raise PromptError(
                     parameter, prompt, "a non-empty string (the pack needs text to weight its members on)"
                 )
-            return [prompt] * len(self.members)
+            return [prompt] * len(self.members), None
         tools: Sequence[Tool] = ()
         if isinstance(prompt, Conversation):
             prompt, tools = prompt.messages, prompt.tools
@@ -182,13 +187,15 @@ class PackEngine:
                 raise PromptError(parameter, tools, "a Conversation's tools as Tool objects")
         if isinstance(prompt, Sequence) and not isinstance(prompt, str) and prompt:
             messages = chat_messages(prompt, parameter)
-            return [member.render_chat(messages, tools) for member in self.members]
+            texts = [member.render_chat(messages, tools) for member in self.members]
+            return texts, [content_spans(text, messages) for text in texts]
         raise PromptError(parameter, prompt, "a string, a non-empty list of chat messages, or a Conversation")
 
-    def _batch(self, prompts: Any) -> list[list[str]]:
+    def _batch(self, prompts: Any) -> tuple[list[list[str]], list[Spans]]:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise PromptError("prompts", prompts, "a non-empty list of prompts")
-        return [self._texts(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        rendered = [self._rendered(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        return [texts for texts, _ in rendered], [spans for _, spans in rendered]
 
     def session(
         self,
@@ -209,7 +216,8 @@ class PackEngine:
             raise ConfigError("fusion", cfg.fusion, f"a rule that generates ({rules}); '{cfg.fusion}' is for score()")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ConfigError("timeout", timeout, "a number of seconds > 0, or None")
-        return Session(self._pack, self._batch(prompts), cfg, self._reference_index(cfg), timeout, self._grammars)
+        texts, spans = self._batch(prompts)
+        return Session(self._pack, texts, cfg, self._reference_index(cfg), timeout, self._grammars, spans)
 
     # ---- generation -----------------------------------------------------------------------------
 

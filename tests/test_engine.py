@@ -481,6 +481,46 @@ def test_own_scoring_weights_are_per_byte_on_the_reference_scale(bl: Member, sp:
     assert scored.tokens >= 1
 
 
+CHAT = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": PROMPT}]
+
+
+def content_total(member: Member, text: str, messages: list[dict]) -> tuple[float, int, int]:
+    """Summed NLL, count and UTF-8 bytes of the member's own tokens of ``text`` that overlap
+    the messages' contents (found in order), by the tokenizer's own character offsets."""
+    enc = member.tokenizer(text, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    assert ids == member.encode(text)
+    spans, at = [], 0
+    for m in messages:
+        start = text.index(m["content"], at)
+        spans.append((start, start + len(m["content"])))
+        at = start + len(m["content"])
+    with torch.no_grad():
+        logp = torch.log_softmax(member.model(torch.tensor([ids])).logits[0, :-1, : member.vocab_size].double(), -1)
+    total, count, num_bytes = 0.0, 0, 0
+    for i in range(1, len(ids)):
+        a, b = enc["offset_mapping"][i]
+        if any(a < e and b > s for s, e in spans):
+            total, count, num_bytes = total - float(logp[i - 1, ids[i]]), count + 1, num_bytes + len(text[a:b].encode())
+    return total, count, num_bytes
+
+
+def test_a_chat_prompt_weighs_the_members_on_its_messages_alone(bl: Member, sp: Member) -> None:
+    """Each member renders the chat its own way (bl: ChatML markup; sp: no template, plain
+    "System: ..."); only the messages' text, in each member's own rendering, is scored."""
+    engine = PackEngine([bl, sp])
+    event = engine.weights(CHAT)
+    scores = {m.name: content_total(m, m.render_chat(CHAT), CHAT) for m in (bl, sp)}
+    total_r, count_r, bytes_r = scores[event.reference]
+    scale = bytes_r / count_r
+    nll = torch.tensor([t / nb * scale for t, _, nb in scores.values()], dtype=torch.float64)
+    expected = torch.softmax(-nll / engine.config.tau, 0).tolist()
+    assert [event.weights[bl.name], event.weights[sp.name]] == pytest.approx(expected, abs=1e-5)
+    assert event.prompt_perplexity[event.reference] == pytest.approx(math.exp(total_r / count_r), rel=1e-4)
+    # the reference is the member with the lowest NLL per byte of the messages
+    assert event.reference == min(scores, key=lambda name: scores[name][0] / scores[name][2])
+
+
 def test_own_scoring_changes_nothing_for_a_shared_tokenizer(bl: Member, bl_b: Member) -> None:
     engine = PackEngine([bl, bl_b])
     a = engine.weights(PROMPT, scoring="reference")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..alignment.mined import VocabMap
-from ..alignment.natural import check_window, common_prefix, start_ids
+from ..alignment.natural import check_window, common_prefix, start_ids, token_ends
 from ..alignment.projection import Projection
 from ..backends.base import MemberBackend, Prefill
 from .faults import prefill_faults
@@ -27,6 +27,7 @@ __all__ = [
     "PromptPlan",
     "Planned",
     "OwnScore",
+    "Spans",
     "plan_prompts",
     "scored_from",
     "leading_specials",
@@ -52,6 +53,11 @@ class PackView:
     maps: Callable[[int, int], VocabMap | None]
     projections: Callable[[int, int], Projection | None]
     checkpoint: Callable[[], None] = _no_deadline
+
+
+Spans = Sequence[Sequence[tuple[int, int]]] | None
+"""Per member, the character ranges of a prompt's text that its prompt score counts (a chat
+prompt's messages in each member's rendering); None: all of it."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ def plan_prompts(
     own_scoring: bool = False,
     rollback: bool = False,
     by_bytes: bool = False,
+    spans: Sequence[Spans] | None = None,
 ) -> Planned:
     """Choose each prompt's reference member and translate its tokens for every member.
 
@@ -143,6 +150,8 @@ def plan_prompts(
     ``own_scoring`` computes the own-tokenization scores even when the reference is fixed;
     ``rollback`` makes the passes' caches croppable (natural alignment); ``by_bytes`` chooses
     the reference by the lowest NLL per byte instead of per token (``reference_by="byte"``).
+    ``spans[b]`` (None: all of it) limits prompt b's own-tokenization scores to the tokens
+    that overlap those character ranges of each member's text (a chat prompt's messages).
     """
     members = pack.members
     own = [[m.encode(row[k]) for row in texts] for k, m in enumerate(members)]
@@ -169,6 +178,7 @@ def plan_prompts(
                 [scored_from(leads[k][b], all_bos[b]) for b in range(len(texts))],
                 rollback,
                 own_nll,
+                [None if spans is None or spans[b] is None else (texts[b][k], spans[b][k]) for b in range(len(texts))],
             )
     if reference is None and len(members) > 1:
         count = range(len(members))
@@ -201,9 +211,12 @@ def _own_pass(
     firsts: list[int],
     rollback: bool,
     own_nll: list[list[OwnScore | None]],
+    within: Sequence[tuple[str, Sequence[tuple[int, int]]] | None],
 ) -> Prefill:
     """Member k's pass on its own tokenization of every prompt; each prompt's score of the
-    tokens from ``firsts[b]`` to ``scored[b]`` goes into ``own_nll[b][k]``."""
+    tokens from ``firsts[b]`` to ``scored[b]`` goes into ``own_nll[b][k]``, of those of them
+    that overlap the character ranges ``within[b] = (text, ranges)`` where it is given (and
+    some token does)."""
     m = pack.members[k]
     pack.checkpoint()
     with prefill_faults(m.name, range(len(own))):
@@ -215,7 +228,31 @@ def _own_pass(
                 per_token = nll_per_token(m, states, torch.tensor(ids[first:n]), None, m.vocab_size)
                 text = m.decode(ids[first:n])
                 own_nll[b][k] = OwnScore(float(per_token.sum()), n - first, len(text.encode("utf-8")), per_token)
+                if within[b] is not None:
+                    own_nll[b][k] = _within(m, ids, first, per_token, *within[b]) or own_nll[b][k]  # type: ignore[misc]
     return done
+
+
+def _within(
+    member: MemberBackend,
+    ids: list[int],
+    first: int,
+    per_token: torch.Tensor,
+    text: str,
+    ranges: Sequence[tuple[int, int]],
+) -> OwnScore | None:
+    """The score of the tokens ``ids[first:]`` that overlap ``ranges`` of ``text`` (None: no token does)."""
+    ends = token_ends(member, text, ids)
+    keep, num_bytes = [], 0
+    for i in range(first, first + len(per_token)):
+        start, end = ends[i - 1] if i else 0, ends[i]
+        if any(start < e and end > s for s, e in ranges):  # overlaps (a token inside a character: within)
+            keep.append(i - first)
+            num_bytes += len(text[start:end].encode("utf-8"))
+    if not keep:
+        return None
+    kept = per_token[keep]
+    return OwnScore(float(kept.sum()), len(keep), num_bytes, kept)
 
 
 def leading_specials(member: MemberBackend, ids: Sequence[int]) -> int:

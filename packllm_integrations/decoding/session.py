@@ -39,7 +39,7 @@ from .aligners import Aligner, Natural, open_aligners
 from .faults import prompt_fault, without_member
 from .fusion import Fused, FusionRule, fuse_by
 from .naming import named_candidates
-from .planning import PackView, Planned, plan_prompts
+from .planning import PackView, Planned, Spans, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 from .rows import Row
 from .sampling import sample
@@ -54,7 +54,14 @@ class Session:
 
     ``texts[b][k]``: prompt b as member k reads it; ``fixed_reference``: a configured
     reference member's index (None: per prompt); ``timeout``: seconds from now, checked
-    before every forward pass (:class:`~..errors.GenerationTimeoutError`)."""
+    before every forward pass (:class:`~..errors.GenerationTimeoutError`); ``spans[b]``:
+    where a chat prompt's messages lie in each member's text (None: not a chat prompt).
+
+    A chat prompt's members are weighed on those messages alone, each in its own rendering
+    (``scoring="own"`` on them, whatever the config's ``scoring``): the templates around them
+    differ from member to member (markup, a default system prompt, the tools), and a
+    member's score of its own template's text says nothing about the conversation.
+    """
 
     def __init__(
         self,
@@ -64,6 +71,7 @@ class Session:
         fixed_reference: int | None,
         timeout: float | None = None,
         grammars: Grammars | None = None,
+        spans: Sequence[Spans] | None = None,
     ) -> None:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -71,6 +79,7 @@ class Session:
         self.members = list(pack.members)
         self.names = [m.name for m in self.members]
         self.texts = texts
+        self.spans = spans or [None] * len(texts)  # per prompt: its messages in each member's text (chat)
         self.config = config
         self.fixed_reference = fixed_reference
         self.grammars = grammars or Grammars()  # compiled per tokenizer (the engine keeps one)
@@ -130,9 +139,16 @@ class Session:
             m.share_cores(None)
         cfg = self.config
         natural = cfg.alignment == "natural"
-        own, by_bytes = cfg.scoring == "own" or natural, cfg.reference_by == "byte"
+        chat = any(s is not None for s in self.spans)
+        own, by_bytes = cfg.scoring == "own" or natural or chat, cfg.reference_by == "byte"
         planned = plan_prompts(
-            self.pack, self.texts, self.fixed_reference, own_scoring=own, rollback=natural, by_bytes=by_bytes
+            self.pack,
+            self.texts,
+            self.fixed_reference,
+            own_scoring=own,
+            rollback=natural,
+            by_bytes=by_bytes,
+            spans=self.spans,
         )
         self.aligners = open_aligners(self.pack, self.texts, planned, natural)
         reads = any(isinstance(a, Natural) for a in self.aligners)
@@ -173,7 +189,8 @@ class Session:
             return self.aligners[k].prompt_states(b, first - 1, end - 1)
 
         per_token: dict[int, torch.Tensor] = {}
-        nll = prompt_nll(self.pack, planned, b, states, cfg.scoring, end, per_token)
+        scoring = "own" if self.spans[b] is not None else cfg.scoring  # chat: each member's own rendering
+        nll = prompt_nll(self.pack, planned, b, states, scoring, end, per_token)
         if nll is None:
             warnings.warn(
                 f"prompt {b} has no token to score (one text token at most): using uniform weights",

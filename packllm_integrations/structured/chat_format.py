@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import PromptError
 from .tools import Tool, ToolCall
 
-__all__ = ["TOOLS_SECTION", "chat_messages", "merge", "render", "template_renders_tools"]
+__all__ = ["TOOLS_SECTION", "chat_messages", "content_spans", "merge", "render", "template_renders_tools"]
 
 TOOLS_SECTION = """# Tools
 
@@ -145,6 +145,30 @@ def _as_text(messages: Sequence[Mapping[str, Any]], tools: Sequence[Tool]) -> li
         else:
             out.insert(0, {"role": "system", "content": section})
     return merge(out)
+
+
+def content_spans(text: str, messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """Where the messages' own text lies in ``text`` (a member's rendering of them): character
+    ranges ``(start, end)``, in order.
+
+    Each message's content is looked for after the previous one's; a content the template
+    changed (stripped, say) is looked for stripped, and one still not found is left out. What
+    lies between (the template's markup, a default system prompt, the tools as this member
+    reads them) is in no range: every member renders it differently, the contents alike.
+
+    >>> content_spans("<s>user\\nHi there</s>\\n<s>assistant\\n", [{"role": "user", "content": "Hi there"}])
+    [(8, 16)]
+    """
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for m in messages:
+        for content in dict.fromkeys((m["content"], m["content"].strip())):
+            start = text.find(content, at) if content else -1
+            if start >= 0:
+                spans.append((start, start + len(content)))
+                at = start + len(content)
+                break
+    return spans
 
 
 def template_renders_tools(tokenizer: Any) -> bool:
