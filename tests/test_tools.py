@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
 
 from packllm_integrations import ConfigError, PromptError, TextEvent
 from packllm_integrations.structured.chat_format import TOOLS_SECTION, merge
+from packllm_integrations.structured.constraints import Grammars
 from packllm_integrations.structured.replies import ReplyStream, call_form, parse_reply
 from packllm_integrations.structured.tools import Conversation, Tool, ToolCall, normalise_tool_choice, tool_constraint
 from tests.test_adapters_common import tool_engine
@@ -162,6 +166,32 @@ def test_the_tag_is_one_token_where_the_vocabulary_has_it(engine):
     assert tag not in member.special_ids
     allowed = engine._grammars.matcher(member, tool_constraint(TOOLS, "required")).allowed()
     assert bool(allowed[tag])
+
+
+def test_the_tags_read_as_text_where_the_vocabulary_already_holds_them(engine):
+    """A GGUF file's tokenizer, converted, holds Qwen2.5's tags in its vocabulary as well as among
+    its added tokens. Read as special tokens there, the grammar refused the whole-tag tokens a
+    member writes (and its mask offered ``</tool_call>`` where it then refused it)."""
+    base = engine.members[0]
+    spec = json.loads(base.tokenizer.backend_tokenizer.to_str())
+    tags = [t for t in spec["added_tokens"] if "tool_call" in t["content"]]
+    assert tags and not any(t["special"] for t in tags)
+    spec["model"]["vocab"].update({t["content"]: t["id"] for t in tags})  # the tags are ASCII: spelled as they are
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|im_end|>")
+    member = SimpleNamespace(
+        name="gguf-like",
+        tokenizer=tok,
+        vocab_size=base.vocab_size,
+        eos_token_ids=base.eos_token_ids,
+        tokenizer_fingerprint="gguf-like",
+    )
+    text = f"<tool_call>\n{CALL}\n</tool_call>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tags[0]["id"] and ids[-1] == tags[1]["id"]  # each tag one token
+    matcher = Grammars().matcher(member, tool_constraint(TOOLS, "required", parallel=False))
+    for token in ids:
+        matcher.advance(token)
+    assert matcher.complete
 
 
 # ---- rendering --------------------------------------------------------------------------------
