@@ -95,7 +95,8 @@ class GenerationConfig:
         "negative log-likelihood per UTF-8 byte put on the reference's per-token scale). Members that share the "
         "reference's tokenizer score the same either way; 'opt' always searches in the reference token space, "
         "for the weights that lower the perplexity of the fusion rule in use ('mixture': of the mixture; the others: "
-        "of the weighted sum of logits).",
+        "of the weighted sum of logits). Chat prompts are always scored 'own', on their messages' text alone (each "
+        "member renders them with its own template).",
     )
     alignment: str = _setting(
         "natural",
