@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from packllm_integrations import ConfigError, PromptError, TextEvent
-from packllm_integrations.structured.chat_format import TOOLS_SECTION, merge
+from packllm_integrations.structured.chat_format import TOOLS_SECTION, content_spans, merge
 from packllm_integrations.structured.constraints import Grammars
 from packllm_integrations.structured.replies import ReplyStream, call_form, parse_reply
 from packllm_integrations.structured.tools import Conversation, Tool, ToolCall, normalise_tool_choice, tool_constraint
@@ -195,6 +195,16 @@ def test_the_tags_read_as_text_where_the_vocabulary_already_holds_them(engine):
 
 
 # ---- rendering --------------------------------------------------------------------------------
+
+
+def test_content_spans_find_the_messages_not_the_templates_text():
+    # a default system prompt that holds the user's word: the span is the message's
+    text = "<s>system\nYou are a helpful assistant.</s>\n<s>user\nhelpful</s>\n<s>user\n Thanks </s>\n<s>assistant\n"
+    messages = [{"role": "user", "content": "helpful"}, {"role": "user", "content": "  Thanks  "}]
+    spans = content_spans(text, messages)
+    assert [text[a:b] for a, b in spans] == ["helpful", "Thanks"]  # the second, stripped by the template
+    assert spans[0][0] == text.index("<s>user") + len("<s>user\n")
+    assert content_spans(text, [{"role": "user", "content": "absent"}]) == []
 
 
 HISTORY = [

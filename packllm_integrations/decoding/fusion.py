@@ -224,7 +224,7 @@ def _mixture(scores: Sequence[torch.Tensor | None], weights: torch.Tensor) -> to
     for k in part:
         term = scores[k]
         assert term is not None
-        p = torch.softmax(term.float(), dim=-1).mul_(weights[:, k].to(term.device)[:, None])
+        p = torch.softmax(term.float(), dim=-1).mul_(weights[:, k].to(term.device, torch.float32)[:, None])
         total = p if total is None else total.add_(p)
     assert total is not None
     mix = total.log_()

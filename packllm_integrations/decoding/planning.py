@@ -19,6 +19,7 @@ from ..alignment.mined import VocabMap
 from ..alignment.natural import check_window, common_prefix, start_ids, token_ends
 from ..alignment.projection import Projection
 from ..backends.base import MemberBackend, Prefill
+from ..errors import PackLLMError
 from .faults import prefill_faults
 from .fusion import nll_per_token
 
@@ -241,8 +242,12 @@ def _within(
     text: str,
     ranges: Sequence[tuple[int, int]],
 ) -> OwnScore | None:
-    """The score of the tokens ``ids[first:]`` that overlap ``ranges`` of ``text`` (None: no token does)."""
-    ends = token_ends(member, text, ids)
+    """The score of the tokens ``ids[first:]`` that overlap ``ranges`` of ``text`` (None: no token
+    does, or the tokenizer gives no character offsets)."""
+    try:
+        ends = token_ends(member, text, ids)
+    except PackLLMError:  # a tokenizer without offsets: the whole text is scored
+        return None
     keep, num_bytes = [], 0
     for i in range(first, first + len(per_token)):
         start, end = ends[i - 1] if i else 0, ends[i]

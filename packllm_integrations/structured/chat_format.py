@@ -151,24 +151,25 @@ def content_spans(text: str, messages: Sequence[Mapping[str, Any]]) -> list[tupl
     """Where the messages' own text lies in ``text`` (a member's rendering of them): character
     ranges ``(start, end)``, in order.
 
-    Each message's content is looked for after the previous one's; a content the template
-    changed (stripped, say) is looked for stripped, and one still not found is left out. What
-    lies between (the template's markup, a default system prompt, the tools as this member
-    reads them) is in no range: every member renders it differently, the contents alike.
+    Looked for from the end, each message's content before the next one's: what a template
+    puts before the conversation (a default system prompt, the tools) then never holds a
+    message. A content the template changed (stripped, say) is looked for stripped, and one
+    still not found is left out. What lies between (the template's markup, the tools as this
+    member reads them) is in no range: every member renders it differently, the contents alike.
 
     >>> content_spans("<s>user\\nHi there</s>\\n<s>assistant\\n", [{"role": "user", "content": "Hi there"}])
     [(8, 16)]
     """
     spans: list[tuple[int, int]] = []
-    at = 0
-    for m in messages:
+    end = len(text)
+    for m in reversed(messages):
         for content in dict.fromkeys((m["content"], m["content"].strip())):
-            start = text.find(content, at) if content else -1
+            start = text.rfind(content, 0, end) if content else -1
             if start >= 0:
                 spans.append((start, start + len(content)))
-                at = start + len(content)
+                end = start
                 break
-    return spans
+    return spans[::-1]
 
 
 def template_renders_tools(tokenizer: Any) -> bool:
