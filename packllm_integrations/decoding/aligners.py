@@ -129,7 +129,7 @@ class Lockstep(Aligner):
 
     def reference_scores(self, rows: torch.Tensor, r: int, vocab: int) -> torch.Tensor:
         scores: Scores = self.next
-        picked = scores if _every_row(rows, len(scores)) else scores[rows.to(_device(scores))]
+        picked = scores[rows.to(_device(scores))]
         return in_reference(self.member, picked, self.pack.maps(r, self.k), vocab)
 
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
@@ -210,20 +210,13 @@ class Natural(Aligner):
         self.next = scores.to(self.member.device)  # [B, V_max], padded with -inf
 
     def reference_scores(self, rows: torch.Tensor, r: int, vocab: int) -> torch.Tensor:
-        if vocab == self.next.shape[-1] and _every_row(rows, self.next.shape[0]):
-            return self.next  # the whole batch: no copy (the caller only reads it)
         return self.next[rows.to(self.next.device)][:, :vocab]
 
     def feed(self, tokens: Sequence[int], rows: Sequence[Row]) -> None:
         live = [row for row in rows if row.finish is None and float(row.weights[self.k]) > 0]
         self.reader.advance({row.index: self._reading(row) for row in live})
         if live:
-            index = [row.index for row in live]
-            scores = self._scores_of(live).to(self.next.device)
-            if index == list(range(self.next.shape[0])):
-                self.next = scores  # every row again: replaced, not copied in
-            else:
-                self.next[index] = scores
+            self.next[[row.index for row in live]] = self._scores_of(live).to(self.next.device)
 
     @property
     def names_tokens(self) -> bool:
@@ -290,7 +283,7 @@ class Natural(Aligner):
         """The reader's scores for ``rows`` in their references' vocabularies [len(rows), V_max] (padded
         with -inf): one call per reference (head and projection batched); a sparse member's sets, per row."""
         m, reader = self.member, self.reader
-        out: torch.Tensor | None = None
+        out = torch.full((len(rows), self._width), -math.inf, device=m.device)
         for r in sorted({row.plan.reference for row in rows}):
             at = [i for i, row in enumerate(rows) if row.plan.reference == r]
             proj = self.pack.projections(r, self.k)
@@ -303,18 +296,8 @@ class Natural(Aligner):
                     scores, logprobs = projected_scores(proj, m, reader.views(index, proj))
                     for j, b in enumerate(index):
                         reader.last_logprobs[b] = logprobs[j]
-                if len(part) == len(rows) and scores.shape[-1] == self._width:
-                    return scores.to(m.device)  # one piece, as wide as the batch's widest: no padded copy
-                if out is None:
-                    out = torch.full((len(rows), self._width), -math.inf, device=m.device)
                 out[part, : scores.shape[-1]] = scores.to(out.device)
-        assert out is not None
         return out
-
-
-def _every_row(rows: torch.Tensor, n: int) -> bool:
-    """Whether ``rows`` is 0, 1, ..., n - 1 in order."""
-    return rows.numel() == n and bool((rows.cpu() == torch.arange(n)).all())
 
 
 def open_aligners(pack: PackView, texts: Sequence[Sequence[str]], planned: Planned, natural: bool) -> list[Aligner]:

@@ -54,14 +54,7 @@ class Session:
 
     ``texts[b][k]``: prompt b as member k reads it; ``fixed_reference``: a configured
     reference member's index (None: per prompt); ``timeout``: seconds from now, checked
-    before every forward pass (:class:`~..errors.GenerationTimeoutError`); ``spans[b]``:
-    where a chat prompt's messages lie in each member's text (None: not a chat prompt).
-
-    A chat prompt's members are weighed on those messages alone, each in its own rendering
-    (``scoring="own"`` on them, whatever the config's ``scoring``): the templates around them
-    differ from member to member (markup, a default system prompt, the tools), and a
-    member's score of its own template's text says nothing about the conversation.
-    """
+    before every forward pass (:class:`~..errors.GenerationTimeoutError`); ``spans``: chat messages."""
 
     def __init__(
         self,
@@ -79,7 +72,7 @@ class Session:
         self.members = list(pack.members)
         self.names = [m.name for m in self.members]
         self.texts = texts
-        self.spans = spans or [None] * len(texts)  # per prompt: its messages in each member's text (chat)
+        self.spans = spans or [None] * len(texts)  # a chat prompt's messages in each text: all its weights score
         self.config = config
         self.fixed_reference = fixed_reference
         self.grammars = grammars or Grammars()  # compiled per tokenizer (the engine keeps one)
@@ -139,17 +132,9 @@ class Session:
             m.share_cores(None)
         cfg = self.config
         natural = cfg.alignment == "natural"
-        chat = any(s is not None for s in self.spans)
-        own, by_bytes = cfg.scoring == "own" or natural or chat, cfg.reference_by == "byte"
-        planned = plan_prompts(
-            self.pack,
-            self.texts,
-            self.fixed_reference,
-            own_scoring=own,
-            rollback=natural,
-            by_bytes=by_bytes,
-            spans=self.spans,
-        )
+        own = cfg.scoring == "own" or natural or any(s is not None for s in self.spans)
+        how = {"own_scoring": own, "rollback": natural, "by_bytes": cfg.reference_by == "byte", "spans": self.spans}
+        planned = plan_prompts(self.pack, self.texts, self.fixed_reference, **how)
         self.aligners = open_aligners(self.pack, self.texts, planned, natural)
         reads = any(isinstance(a, Natural) for a in self.aligners)
         limit = min(m.context_window for m in self.members)
@@ -189,8 +174,7 @@ class Session:
             return self.aligners[k].prompt_states(b, first - 1, end - 1)
 
         per_token: dict[int, torch.Tensor] = {}
-        scoring = "own" if self.spans[b] is not None else cfg.scoring  # chat: each member's own rendering
-        nll = prompt_nll(self.pack, planned, b, states, scoring, end, per_token)
+        nll = prompt_nll(self.pack, planned, b, states, "own" if self.spans[b] else cfg.scoring, end, per_token)
         if nll is None:
             warnings.warn(
                 f"prompt {b} has no token to score (one text token at most): using uniform weights",
@@ -333,8 +317,7 @@ class Session:
 
     @staticmethod
     def _guarded(call: Callable[..., None], *args: Any) -> BaseException | None:
-        """``call(*args)`` for one member; its backend's failure is returned (the pack's own errors
-        and OOM are raised)."""
+        """``call(*args)`` for one member; its backend's failure is returned (the pack's own errors and OOM raise)."""
         try:
             with torch.inference_mode():
                 call(*args)

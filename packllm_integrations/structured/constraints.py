@@ -238,10 +238,7 @@ def _ll_tokenizer(member: Any) -> Any:
 
     llguidance reads every added token as a special one, which no grammar text can match;
     Qwen2.5's ``<tool_call>`` is an added token that is ordinary text, so in a byte-level
-    BPE vocabulary such tokens move into the model's vocabulary under their byte-level spelling
-    (or, where the vocabulary already spells them so, as a GGUF file's converted one does, are
-    left there alone). Left special, llguidance's mask allowed ``</tool_call>`` where the
-    grammar forced that text, and then refused the token.
+    BPE vocabulary such tokens are read as vocabulary entries under their byte-level spelling.
     """
     from llguidance import LLTokenizer
 
@@ -259,7 +256,7 @@ def _ll_tokenizer(member: Any) -> Any:
             spelled = "".join(chars[b] for b in token["content"].encode("utf-8"))
             if token.get("special", True) or (token["id"] in ids and vocab.get(spelled) != token["id"]):
                 kept.append(token)
-            else:  # a new entry, or (a vocabulary converted from GGUF holds them) the entry it already has
+            else:  # new, or already there (a GGUF file's: left special, the mask offered what it then refused)
                 vocab[spelled] = token["id"]
         spec["added_tokens"] = kept
     return LLTokenizer(json.dumps(spec), n_vocab=member.vocab_size, eos_token=sorted(member.eos_token_ids))
