@@ -443,8 +443,8 @@ def test_projected_scores_written_by_kind_equal_the_full_scores(
         torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-5)
         assert len(case) > 8  # projected a few rows at a time: the same scores up to float32 rounding
         torch.testing.assert_close(
-            fusion.reference_scores(m, case, None, r.vocab_size, rows=3), got, rtol=1e-5, atol=1e-5
-        )
+            fusion.reference_scores(m, case, None, r.vocab_size, rows=3), got, rtol=1e-4, atol=1e-4
+        )  # as above: summed in another order on some processors (4.9e-4 on a score of 27 measured)
         kept = torch.log_softmax(m.scores(case.prev).float(), -1)  # a slice keeps known previous log-probabilities
         assert torch.equal(dataclasses.replace(case, prev_logprobs=kept)[1:3].prev_logprobs, kept[1:3])
     p = torch.softmax(m.scores(case.last).float(), -1).index_select(1, proj._src)
