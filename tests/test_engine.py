@@ -60,8 +60,8 @@ def test_weights_one_zero_reproduce_first_member_logits(bl: Member, sp: Member, 
             own = session.aligners[0].next[:, : pack[0].vocab_size]
             if fusion == "logits":
                 assert torch.equal(fused, own)
-            else:  # a mixture is of probabilities: the member's own log-probabilities
-                assert torch.allclose(fused, torch.log_softmax(own.float(), -1))
+            else:  # a mixture is of probabilities: the member's own distribution
+                assert torch.allclose(torch.log_softmax(fused, -1), torch.log_softmax(own.float(), -1))
             session.feed(session.choose())
         alone = PackEngine([pack[0]]).generate(PROMPT, max_new_tokens=10)
         assert engine.generate(PROMPT, max_new_tokens=10).text == alone.text

@@ -59,6 +59,17 @@ def test_mixture_is_the_weighted_mixture_of_probabilities_over_every_token() -> 
         assert bool((fused.log_probs(targets) >= bound - 1e-5).all())
 
 
+def test_a_mixture_of_one_member_is_that_members_distribution_without_a_pass_over_it() -> None:
+    a, b = _scores(8), _scores(9)
+    w = torch.tensor([[1.0, 0.0]] * 4)
+    fused = fuse_by(FusionRule("mixture"), [a, b], w)
+    assert fused.logits.data_ptr() == a.data_ptr()  # its scores as they are: their softmax is the mixture
+    targets = torch.tensor([3, 1, 4, 1])
+    expected = torch.log_softmax(a, -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert torch.allclose(fused.log_probs(targets), expected, atol=1e-6)
+    assert torch.equal(fused.allowed().argmax(-1), a.argmax(-1))
+
+
 def test_mixture_keeps_the_columns_whose_probability_underflows_finite_and_in_order() -> None:
     """Summed as probabilities, a column every member puts below exp(-87) would be 0; it keeps
     its log-space value (and a column every member rules out stays -inf)."""

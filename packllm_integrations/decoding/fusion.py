@@ -187,6 +187,9 @@ def fuse_by(rule: FusionRule, scores: Sequence[torch.Tensor | None], weights: to
     if rule.name == "logits":
         return Fused(fuse(scores, weights))
     if rule.name == "mixture":
+        part = _taking_part(scores, weights)
+        if len(part) == 1:  # one member: the mixture is its own distribution, its scores' softmax
+            return Fused(scores[part[0]].float())  # type: ignore[union-attr]
         return Fused(_mixture(scores, weights))
     if rule.name == "union":
         return _union(scores, weights, rule.union_k)
