@@ -35,6 +35,7 @@ from .projection import UNREACHED_SHARE, NaturalStates, Projection, _logits
 
 __all__ = ["projected_nll"]
 
+_BLOCK = 4096  # columns summed in float32 at a time (see _dot)
 _TINY = torch.finfo(torch.float32).tiny * 2**-23  # float32's least positive (subnormal) number
 
 
@@ -47,6 +48,8 @@ class _Tables:
     is_free: torch.Tensor  # [V] bool
     free_pos: torch.Tensor  # [V] a free column's index in free_cols (-1: not free)
     shared_count: torch.Tensor  # [W + 1]: shared columns mapped to each member token
+    free_weight: torch.Tensor  # [W + 1]: the free columns' shares of each member token, summed
+    is_source: torch.Tensor  # [W]: 1.0 where a member token is a partition source
     is_shared: torch.Tensor  # [V] bool (before any extension reaches a column)
     n_shared: int
     by_token: dict[int, tuple[torch.Tensor, torch.Tensor, set[int]]]  # see _reached
@@ -73,6 +76,10 @@ def _tables_of(proj: Projection, width: int) -> _Tables:
             is_free=proj._free.clone(),
             free_pos=free_pos,
             shared_count=torch.bincount(mined[shared], minlength=width + 1).float(),
+            free_weight=torch.zeros(width + 1).index_add_(
+                0, mined[free_cols], (-proj._free_shift[free_cols]).exp().float()
+            ),
+            is_source=torch.zeros(width).index_fill_(0, proj._src, 1.0),
             is_shared=shared,
             n_shared=int(shared.sum()),
             by_token={},
@@ -91,13 +98,25 @@ def projected_nll(
     width = lp.shape[-1]
     t = _tables_of(proj, width)
     p = lp.exp()
-    floor = lp.min(dim=-1, keepdim=True).values if proj.vmap.has_floor else lp.new_full((len(lp), 1), -math.inf)
-    pf = torch.cat([p, floor.exp()], dim=-1)  # [N, W + 1]: the MinED value of a floor column too
-    sel = p.index_select(1, proj._src)  # [N, sources]
-    part = sel.sum(-1, dtype=torch.float64)  # the partition's whole mass
-    smallest = sel.min(dim=-1).values if sel.shape[-1] else p.new_ones(len(p))
-    free_mass = (pf.index_select(1, t.free_mined) * t.free_inv).sum(-1, dtype=torch.float64)
-    shared_mass = pf @ t.shared_count  # [N] (float32: it only matters for a shared target)
+    least = lp.min(dim=-1).values.exp()  # [N]: no partition source's probability is below it
+    floor = least if proj.vmap.has_floor else lp.new_zeros(len(lp))
+
+    def pf(i: int) -> torch.Tensor:  # row i's probabilities, then the MinED value of a floor column
+        return torch.cat([p[i], floor[i, None]])
+
+    def with_floor(weight: torch.Tensor) -> torch.Tensor:  # [N]: each row's [W + 1] values times weight
+        return _dot(p, weight[:width]) + floor.double() * float(weight[width])
+
+    # Sums over column kinds as products with per-token weights: no [N, sources] copy
+    part = _dot(p, t.is_source)  # the partition's whole mass
+    free_mass = with_floor(t.free_weight)
+    shared_mass = with_floor(t.shared_count)  # it only matters for a shared target
+
+    def smallest(i: int, scale: float) -> float:  # the least partition source's probability, times scale
+        if float(least[i]) * scale >= _TINY * 2 or not len(proj._src):
+            return 1.0  # no source can round to 0: the bound is enough
+        return float(p[i].index_select(0, proj._src).min()) * scale
+
     heal = states.has_prev.tolist() if proj.heal else [False] * len(states)
     prev_rows = [i for i, h in enumerate(heal) if h]
     prev_at = {i: j for j, i in enumerate(prev_rows)}  # position -> its row of lp_prev
@@ -128,15 +147,16 @@ def projected_nll(
             if p_ext.numel():
                 positive = bool(p_ext.min() > 0)  # else a column only an underflowed token reaches stays unreached
                 at, mined, columns = _reached(t, proj, u, dst) if positive else _reached(t, proj, None, dst[p_ext > 0])
-                free -= float((pf[i, t.free_mined[at]] * t.free_inv[at]).sum(dtype=torch.float64)) * scale
-                shared -= float(pf[i, mined].sum(dtype=torch.float64)) * scale
+                row = pf(i)
+                free -= float((row[t.free_mined[at]] * t.free_inv[at]).sum(dtype=torch.float64)) * scale
+                shared -= float(row[mined].sum(dtype=torch.float64)) * scale
                 n_shared = t.n_shared - mined.numel()
                 if y in columns:
                     ext_to_y = float(p_ext[dst == y].sum(dtype=torch.float64))
-            if float(smallest[i]) * scale < _TINY * 2:
+            if smallest(i, scale) < _TINY * 2:
                 slow.append(i)  # a partition column may round to 0 in float32
                 continue
-        elif float(smallest[i]) < _TINY * 2:
+        elif smallest(i, 1.0) < _TINY * 2:
             slow.append(i)
             continue
         value = own * scale + ext_to_y
@@ -148,7 +168,7 @@ def projected_nll(
             score = math.log(value)
         else:
             mined_y = int(proj.vmap.output[y])
-            base = math.log(max(float(pf[i, mined_y]), 1e-300)) + log_scale
+            base = math.log(max(float(pf(i)[mined_y]), 1e-300)) + log_scale
             if bool(t.is_free[y]):
                 score = base - float(proj._free_shift[y])
             else:
@@ -159,6 +179,15 @@ def projected_nll(
         full = proj.scores(member, _rows(states, slow))
         picked = full.gather(-1, targets[rows, None]).squeeze(-1)
         out[rows] = (torch.logsumexp(full, dim=-1) - picked).double()
+    return out
+
+
+def _dot(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``p @ weight`` [N] (float64): float32 products over blocks of ``_BLOCK`` columns, the
+    blocks added in float64 (one float32 sum over 150k columns loses four digits)."""
+    out = torch.zeros(len(p), dtype=torch.float64)
+    for start in range(0, p.shape[-1], _BLOCK):
+        out += (p[:, start : start + _BLOCK] @ weight[start : start + _BLOCK]).double()
     return out
 
 
