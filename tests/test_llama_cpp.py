@@ -225,9 +225,9 @@ def test_a_file_llama_cpp_cannot_read_is_a_load_error(tmp_path) -> None:
 
 
 def test_llama_cpp_members_step_in_lanes_on_a_share_of_the_cores(tiny_gguf, monkeypatch) -> None:
-    """Two llama.cpp members on two cores step at once, each in its own lane on one core; the
-    text is the same as one after another on both cores. One core, or a member whose
-    ``threads=`` is given, keeps them in the calling thread."""
+    """Two llama.cpp members on two cores step one prompt at once, each in its own lane on one
+    core; the text is the same as one after another on both cores. A batch of prompts, one
+    core, or a member whose ``threads=`` is given keeps them in the calling thread."""
     from packllm_integrations.decoding import session as session_module
 
     a = load_member(f"{tiny_gguf},backend=llama.cpp,name=a", progress=False)
@@ -249,7 +249,7 @@ def test_llama_cpp_members_step_in_lanes_on_a_share_of_the_cores(tiny_gguf, monk
         for s in seen.values():
             s.clear()
         engine = PackEngine([a, b], progress=False, max_new_tokens=12, weighting="uniform")
-        texts[cores] = [r.text for r in engine.generate_batch(prompts)]
+        texts[cores] = [engine.generate(p).text for p in prompts]
         if cores == 2:
             threads = {name for s in seen.values() for name, _ in s}
             assert len(threads) == 2 and threading.current_thread().name in threads
@@ -258,5 +258,11 @@ def test_llama_cpp_members_step_in_lanes_on_a_share_of_the_cores(tiny_gguf, monk
             assert {name for s in seen.values() for name, _ in s} == {threading.current_thread().name}
             assert {n for s in seen.values() for _, n in s} == {a.threads}
     assert texts[2] == texts[1] and all(texts[1])
+    monkeypatch.setattr(session_module, "default_threads", lambda: 2)
+    for s in seen.values():
+        s.clear()
+    assert all(r.text for r in engine.generate_batch(prompts))  # two rows: one after another, every core
+    assert {name for s in seen.values() for name, _ in s} == {threading.current_thread().name}
+    assert {n for s in seen.values() for _, n in s} == {a.threads}
     pinned = load_member(f"{tiny_gguf},backend=llama.cpp,name=c,threads=1", progress=False)
     assert a.splits_cores and not pinned.splits_cores

@@ -43,7 +43,7 @@ from .planning import PackView, Planned, Spans, plan_prompts
 from .prompt_weights import prompt_nll, prompt_weights
 from .rows import Row
 from .sampling import sample
-from .stepping import Stepper, cpu_lanes
+from .stepping import Stepper, cpu_lanes, lanes_for
 from .stopping import Detokenizer, StopMatcher
 
 __all__ = ["Session"]
@@ -118,9 +118,8 @@ class Session:
     # ---- prefill ------------------------------------------------------------------------
 
     def prefill(self) -> list[WeightsEvent]:
-        """Run every member on the prompts and weigh them: one event per prompt.
-
-        A backend that fails here raises a :class:`MemberError` naming the member."""
+        """Run every member on the prompts and weigh them: one event per prompt (a backend that
+        fails here raises a :class:`MemberError` naming the member)."""
         try:
             return self._prefill()
         except BackendError as exc:
@@ -274,9 +273,10 @@ class Session:
         active = [k for k, a in enumerate(self.aligners) if a.live]
         self.pack.checkpoint()
         calls = {k: partial(self._guarded_step, k, tokens) for k in active}
+        lanes = lanes_for(self._lanes, sum(row.finish is None for row in self.rows))
         for k in active:  # set each step: another pack may share the member
-            self.members[k].share_cores(self._share)
-        outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent}, self._lanes)
+            self.members[k].share_cores(self._share if lanes else None)
+        outcomes = self._stepper.run(calls, {k for k in active if self.members[k].concurrent}, lanes)
         self._settle(outcomes)
         self._name_candidates()
 

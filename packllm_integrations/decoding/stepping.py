@@ -10,8 +10,10 @@ by the bytes of weights each step reads: each lane steps its members one after a
 its share of the cores, beside the others. Small models do not use two cores well (measured
 on 2 cores: SmolLM2, Gemma 3 270M and Qwen2.5-Coder 0.5B step in 12, 25 and 41 ms on one
 core, 8, 17 and 25 ms on two), so two lanes finish a step sooner than the members one after
-another on both cores (``benchmarks/results/step.md``). Any other CPU member (transformers,
-whose threads are the process's) keeps every member in the calling thread, on every core.
+another on both cores (``benchmarks/results/step.md``). That holds for one row at a time: a
+batch's step is a matrix product that both cores share well, and lanes then lose
+(:data:`LANE_ROWS`). Any other CPU member (transformers, whose threads are the process's)
+keeps every member in the calling thread, on every core.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["Stepper", "cpu_lanes"]
+__all__ = ["LANE_ROWS", "Stepper", "cpu_lanes", "lanes_for"]
 
 T = TypeVar("T")
+
+LANE_ROWS = 1
+"""The most live rows a step takes in lanes; with more, the members step one after another on
+every core. Measured on 2 cores with the default pack (``benchmarks/results/step.md``,
+``batch_scaling_llama_cpp.md``): one row, 40.0 ms in lanes against 54.2 ms one after another;
+4 rows, 152 against 138 ms (one after another faster in 6 of 6 rounds); 8 rows, 248 against
+237 ms (5 of 6)."""
 
 
 class Stepper:
@@ -84,3 +93,13 @@ def cpu_lanes(members: Sequence[Any], cores: int) -> list[list[int]]:
         lanes[i].append(k)
         load[i] += int(members[k].parameter_bytes)
     return lanes
+
+
+def lanes_for(lanes: Sequence[Sequence[int]], live_rows: int) -> Sequence[Sequence[int]]:
+    """``lanes`` for a step of ``live_rows`` rows, or none where one member after another is
+    faster (more than :data:`LANE_ROWS` rows).
+
+    >>> lanes_for([[2], [1, 0]], 1), lanes_for([[2], [1, 0]], 8)
+    ([[2], [1, 0]], [])
+    """
+    return lanes if live_rows <= LANE_ROWS else []
