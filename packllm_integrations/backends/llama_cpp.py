@@ -123,8 +123,10 @@ class LlamaCppMember(MemberBackend):
         context = Context(self, sum(lengths) + _SPARE_CELLS * len(rows), len(rows) + forks)
         seqs = [context.take() for _ in rows]
         sources = shared_prefixes(rows)
-        states = torch.zeros(len(rows), width, self._width)
         pads = [width - n for n in lengths]
+        states = torch.empty(len(rows), width, self._width)  # each row's pads zeroed, the rest written below
+        for b, pad in enumerate(pads):
+            states[b, :pad] = 0
         with self._lock:
             for phase in (False, True):  # rows read whole, then rows that start as one of those
                 chosen = [b for b in range(len(rows)) if (b in sources) == phase]
@@ -139,6 +141,9 @@ class LlamaCppMember(MemberBackend):
                 if not items:
                     continue
                 logits = torch.from_numpy(context.decode(items, checkpoint))  # type: ignore[arg-type]
+                if len(rows) == 1:  # one row: its logits are its states, no copy
+                    states = logits[None]
+                    continue
                 start = 0
                 for b in chosen:
                     n = lengths[b] - (sources[b][1] if phase else 0)
