@@ -35,7 +35,7 @@ from .projection import UNREACHED_SHARE, NaturalStates, Projection, _logits
 
 __all__ = ["projected_nll"]
 
-_BLOCK = 4096  # columns summed in float32 at a time (see _dot)
+_BLOCK = 4096  # columns summed in float32 at a time (see _masses)
 _TINY = torch.finfo(torch.float32).tiny * 2**-23  # float32's least positive (subnormal) number
 
 
@@ -49,7 +49,7 @@ class _Tables:
     free_pos: torch.Tensor  # [V] a free column's index in free_cols (-1: not free)
     shared_count: torch.Tensor  # [W + 1]: shared columns mapped to each member token
     free_weight: torch.Tensor  # [W + 1]: the free columns' shares of each member token, summed
-    is_source: torch.Tensor  # [W]: 1.0 where a member token is a partition source
+    kinds: torch.Tensor  # [W, 3]: per member token, its weight in the partition, free and shared masses
     is_shared: torch.Tensor  # [V] bool (before any extension reaches a column)
     n_shared: int
     by_token: dict[int, tuple[torch.Tensor, torch.Tensor, set[int]]]  # see _reached
@@ -68,18 +68,21 @@ def _tables_of(proj: Projection, width: int) -> _Tables:
         shared = ~reachable & ~proj._free
         free_pos = torch.full((proj.vocab,), -1, dtype=torch.long)
         free_pos[free_cols] = torch.arange(len(free_cols))
+        shared_count = torch.bincount(mined[shared], minlength=width + 1).float()
+        free_share = (-proj._free_shift[free_cols]).exp().float()  # 1 / columns sharing a free column's token
+        free_weight = torch.zeros(width + 1).index_add_(0, mined[free_cols], free_share)
         found = _Tables(
             reachable=reachable,
             free_cols=free_cols,
             free_mined=mined[free_cols],
-            free_inv=(-proj._free_shift[free_cols]).exp().float(),
+            free_inv=free_share,
             is_free=proj._free.clone(),
             free_pos=free_pos,
-            shared_count=torch.bincount(mined[shared], minlength=width + 1).float(),
-            free_weight=torch.zeros(width + 1).index_add_(
-                0, mined[free_cols], (-proj._free_shift[free_cols]).exp().float()
+            shared_count=shared_count,
+            free_weight=free_weight,
+            kinds=torch.stack(
+                [torch.zeros(width).index_fill_(0, proj._src, 1.0), free_weight[:width], shared_count[:width]], 1
             ),
-            is_source=torch.zeros(width).index_fill_(0, proj._src, 1.0),
             is_shared=shared,
             n_shared=int(shared.sum()),
             by_token={},
@@ -97,25 +100,22 @@ def projected_nll(
     lp = torch.log_softmax(_logits(member, states.last), dim=-1)  # [N, W]
     width = lp.shape[-1]
     t = _tables_of(proj, width)
-    p = lp.exp()
     least = lp.min(dim=-1).values.exp()  # [N]: no partition source's probability is below it
     floor = least if proj.vmap.has_floor else lp.new_zeros(len(lp))
 
     def pf(i: int) -> torch.Tensor:  # row i's probabilities, then the MinED value of a floor column
-        return torch.cat([p[i], floor[i, None]])
+        return torch.cat([lp[i].exp(), floor[i, None]])
 
-    def with_floor(weight: torch.Tensor) -> torch.Tensor:  # [N]: each row's [W + 1] values times weight
-        return _dot(p, weight[:width]) + floor.double() * float(weight[width])
-
-    # Sums over column kinds as products with per-token weights: no [N, sources] copy
-    part = _dot(p, t.is_source)  # the partition's whole mass
-    free_mass = with_floor(t.free_weight)
-    shared_mass = with_floor(t.shared_count)  # it only matters for a shared target
+    # The partition's, the free and the shared columns' masses: products with per-token weights
+    masses = _masses(lp, t.kinds)  # [N, 3], no [N, sources] copy
+    part = masses[:, 0]
+    free_mass = masses[:, 1] + floor.double() * float(t.free_weight[width])
+    shared_mass = masses[:, 2] + floor.double() * float(t.shared_count[width])  # only a shared target reads it
 
     def smallest(i: int, scale: float) -> float:  # the least partition source's probability, times scale
         if float(least[i]) * scale >= _TINY * 2 or not len(proj._src):
             return 1.0  # no source can round to 0: the bound is enough
-        return float(p[i].index_select(0, proj._src).min()) * scale
+        return float(lp[i].index_select(0, proj._src).min().exp()) * scale
 
     heal = states.has_prev.tolist() if proj.heal else [False] * len(states)
     prev_rows = [i for i, h in enumerate(heal) if h]
@@ -131,7 +131,7 @@ def projected_nll(
     slow: list[int] = []
     for i, y in enumerate(targets.tolist()):
         sources = proj.column_sources(y)
-        own = float(p[i, sources].sum(dtype=torch.float64)) if len(sources) else 0.0
+        own = float(lp[i, sources].exp().sum(dtype=torch.float64)) if len(sources) else 0.0
         scale, log_scale, n_shared = 1.0, 0.0, None
         total, free, shared = float(part[i]), float(free_mass[i]), float(shared_mass[i])
         ext_to_y = 0.0
@@ -182,12 +182,13 @@ def projected_nll(
     return out
 
 
-def _dot(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``p @ weight`` [N] (float64): float32 products over blocks of ``_BLOCK`` columns, the
-    blocks added in float64 (one float32 sum over 150k columns loses four digits)."""
-    out = torch.zeros(len(p), dtype=torch.float64)
-    for start in range(0, p.shape[-1], _BLOCK):
-        out += (p[:, start : start + _BLOCK] @ weight[start : start + _BLOCK]).double()
+def _masses(lp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``lp.exp() @ weights`` [N, K] (float64), a block of ``_BLOCK`` columns at a time: each
+    block's probabilities are made and used while in cache, its float32 products added in
+    float64 (one float32 sum over 150k columns loses four digits)."""
+    out = torch.zeros(len(lp), weights.shape[-1], dtype=torch.float64)
+    for start in range(0, lp.shape[-1], _BLOCK):
+        out += (lp[:, start : start + _BLOCK].exp() @ weights[start : start + _BLOCK]).double()
     return out
 
 
