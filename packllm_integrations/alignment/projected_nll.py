@@ -103,8 +103,8 @@ def projected_nll(
     least = lp.min(dim=-1).values.exp()  # [N]: no partition source's probability is below it
     floor = least if proj.vmap.has_floor else lp.new_zeros(len(lp))
 
-    def pf(i: int) -> torch.Tensor:  # row i's probabilities, then the MinED value of a floor column
-        return torch.cat([lp[i].exp(), floor[i, None]])
+    def pf(i: int, cols: torch.Tensor) -> torch.Tensor:  # row i's probabilities at cols (width: the floor's)
+        return torch.where(cols < width, lp[i, cols.clamp(max=width - 1)].exp(), floor[i])
 
     # The partition's, the free and the shared columns' masses: products with per-token weights
     masses = _masses(lp, t.kinds)  # [N, 3], no [N, sources] copy
@@ -147,9 +147,8 @@ def projected_nll(
             if p_ext.numel():
                 positive = bool(p_ext.min() > 0)  # else a column only an underflowed token reaches stays unreached
                 at, mined, columns = _reached(t, proj, u, dst) if positive else _reached(t, proj, None, dst[p_ext > 0])
-                row = pf(i)
-                free -= float((row[t.free_mined[at]] * t.free_inv[at]).sum(dtype=torch.float64)) * scale
-                shared -= float(row[mined].sum(dtype=torch.float64)) * scale
+                free -= float((pf(i, t.free_mined[at]) * t.free_inv[at]).sum(dtype=torch.float64)) * scale
+                shared -= float(pf(i, mined).sum(dtype=torch.float64)) * scale
                 n_shared = t.n_shared - mined.numel()
                 if y in columns:
                     ext_to_y = float(p_ext[dst == y].sum(dtype=torch.float64))
@@ -168,7 +167,7 @@ def projected_nll(
             score = math.log(value)
         else:
             mined_y = int(proj.vmap.output[y])
-            base = math.log(max(float(pf(i)[mined_y]), 1e-300)) + log_scale
+            base = math.log(max(float(pf(i, torch.tensor([mined_y]))[0]), 1e-300)) + log_scale
             if bool(t.is_free[y]):
                 score = base - float(proj._free_shift[y])
             else:

@@ -29,7 +29,7 @@ T = TypeVar("T")
 LANE_ROWS = 1
 """The most live rows a step takes in lanes; with more, the members step one after another on
 every core. Measured on 2 cores with the default pack (``benchmarks/results/step.md``,
-``batch_scaling_llama_cpp.md``): one row, 40.0 ms in lanes against 54.2 ms one after another;
+``batch_scaling_llama_cpp.md``): one row, 39.9 ms in lanes against 50.2 ms one after another;
 4 rows, 152 against 138 ms (one after another faster in 6 of 6 rounds); 8 rows, 248 against
 237 ms (5 of 6)."""
 
